@@ -1,0 +1,46 @@
+"""Options shared by several commands, so every command spells them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")]
+Student = Annotated[
+    str,
+    typer.Option(
+        "--student",
+        help="Student: a key of the students table (e.g. smollm2-135m, llama2-7b), a Hub id, a folder or a .gguf file.",
+    ),
+]
+Template = Annotated[
+    str | None,
+    typer.Option("--template", help="Prompt format: alpaca, vicuna, wizardlm, none or chat. Default: the student's."),
+]
+MaxLength = Annotated[int, typer.Option("--max-length", min=8, help="Token limit per scored sequence (BOS included).")]
+Dtype = Annotated[
+    str | None,
+    typer.Option("--dtype", help="bfloat16 (default; losses reduced in fp32) or float32 (exact, slower)."),
+]
+BatchTokens = Annotated[
+    int | None, typer.Option("--batch-tokens", min=16, help="Padded tokens per forward pass. Default: 8192 CPU, 65536 GPU.")
+]
+StudentsFile = Annotated[
+    Path | None,
+    typer.Option("--students-file", help="A TOML file of extra students (key -> model, revision, template, dtype)."),
+]
+SkipInvalid = Annotated[
+    bool, typer.Option("--skip-invalid", help="Drop invalid source rows (reported) instead of stopping at the first.")
+]
+Teacher = Annotated[
+    str,
+    typer.Option(
+        "--teacher",
+        help="Teacher: a server URL (http://host:8080 for TGI, http://host:port/v1 for OpenAI-compatible; "
+        "comma-separated to share load) or local[:MODEL] for the in-process default (SmolLM2).",
+    ),
+]
+MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Output budget per teacher call.")]
+Workdir = Annotated[Path, typer.Option("--workdir", help="Working folder holding every stage's output and caches.")]

@@ -1,0 +1,44 @@
+"""Typed errors. Each is raised once, with a message that tells the user what to do.
+
+The CLI turns any :class:`RecycledError` into one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+
+class RecycledError(Exception):
+    """Base class of every error the user can fix."""
+
+
+class InputError(RecycledError):
+    """A source file or row is unreadable or invalid. The message names the file, row and field."""
+
+    def __init__(self, message: str, *, path: str | None = None, row: int | None = None, field: str | None = None):
+        self.path, self.row, self.field = path, row, field
+        where = ", ".join(
+            part
+            for part in (path, f"row {row}" if row is not None else None, f"field '{field}'" if field else None)
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(RecycledError):
+    """An option or configuration value is invalid (bad template name, unknown student, ...)."""
+
+
+class ModelError(RecycledError):
+    """A model or tokenizer cannot be found or loaded."""
+
+
+class TeacherError(RecycledError):
+    """The teacher server is unreachable, misconfigured, or refused the work."""
+
+
+class StoreError(RecycledError):
+    """A work store (teacher answers, score shards) is corrupt or belongs to a different job."""
+
+
+class HubError(RecycledError):
+    """A Hub operation failed (auth, missing repo, name conflict, network)."""

@@ -1,0 +1,93 @@
+"""The typed records that flow between stages, and the column contracts of the files between them.
+
+A source row becomes four *variants* (SPEC 1): ``ori`` (the source), ``ins`` (instruction reflection),
+``res`` (response reflection of ``ori``) and ``both`` (response reflection of ``ins``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+Variant = Literal["ori", "ins", "res", "both"]
+VARIANTS: tuple[Variant, ...] = ("ori", "ins", "res", "both")
+
+# Per-variant status in the reflections table.
+STATUS_OK = "ok"  # the teacher's text was parsed and used
+STATUS_FELL_BACK = "fell_back"  # a field fell back to the original (see the detail column)
+STATUS_FAILED = "failed"  # the call itself failed (e.g. a 422); fields hold the originals
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One (instruction, input, response) row of a source, with a deterministic id.
+
+    ``index`` is the 0-based position in the source; ``id`` depends on the content only (plus an occurrence
+    suffix for exact duplicates), so the same file always yields the same ids.
+    """
+
+    id: str
+    index: int
+    instruction: str
+    input: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """What a student scores: one instruction (with optional input) and its response."""
+
+    instruction: str
+    input: str
+    output: str
+
+
+def content_id(instruction: str, input: str, output: str) -> str:
+    """A short stable hash of a row's content: the basis of row ids and cache keys."""
+    digest = hashlib.sha256("\x1f".join((instruction, input, output)).encode("utf-8")).hexdigest()
+    return digest[:16]
+
+
+def assign_ids(rows: list[tuple[str, str, str]]) -> list[SourceRow]:
+    """Turn (instruction, input, output) tuples into :class:`SourceRow` with unique deterministic ids."""
+    seen: dict[str, int] = {}
+    out: list[SourceRow] = []
+    for index, (instruction, input_, output) in enumerate(rows):
+        base = content_id(instruction, input_, output)
+        count = seen.get(base, 0) + 1
+        seen[base] = count
+        out.append(SourceRow(base if count == 1 else f"{base}-{count}", index, instruction, input_, output))
+    return out
+
+
+# ---- File contracts between stages -------------------------------------------------------------------------
+# Reflections table (teacher stage output, student independent): one row per source row.
+#   id, source_index,
+#   ori_instruction, ori_input, ori_output,
+#   ins_instruction, ins_input (always ""), ins_output, ins_status, ins_detail,
+#   res_instruction, res_input, res_output, res_status, res_detail,
+#   both_instruction, both_input (always ""), both_output, both_status, both_detail
+# status is one of STATUS_*; detail is null when ok, else which field fell back / failed and why.
+REFLECTION_COLUMNS: tuple[str, ...] = (
+    "id",
+    "source_index",
+    *(f"{v}_{f}" for v in VARIANTS for f in ("instruction", "input", "output")),
+    *(f"{v}_{f}" for v in VARIANTS[1:] for f in ("status", "detail")),
+)
+
+# Score table (scoring stage output): one row per scored pair. See scoring/scorer.py for the meaning.
+SCORE_COLUMNS: tuple[str, ...] = (
+    "ifd",
+    "rifd",
+    "loss_response_cond",
+    "loss_response_direct",
+    "loss_instruction_cond",
+    "loss_instruction_direct",
+    "n_response_tokens",
+    "n_instruction_tokens",
+    "n_prompt_tokens",
+    "n_reverse_prompt_tokens",
+    "status",
+    "reason",
+)

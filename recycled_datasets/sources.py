@@ -1,0 +1,191 @@
+"""Read source rows (SPEC 1) from any of the forms users have, into :class:`SourceRow` with stable ids.
+
+Forms: Alpaca JSON (instruction/input/output), WizardLM 70k JSON (instruction/output), JSONL, parquet, a
+folder in Hub layout or a Hub dataset id (through ``datasets``), and the reference authors' form where each
+row is wrapped in a struct column ``data``. Every invalid row is reported with its file, row and field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recycled_datasets.errors import InputError
+from recycled_datasets.records import SourceRow, assign_ids
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """A row dropped by ``skip_invalid``: where it was and why."""
+
+    row: int
+    field: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class SourceData:
+    """The valid rows of a source, in source order, and the rows that were skipped."""
+
+    path: str
+    rows: list[SourceRow]
+    invalid: list[InvalidRow] = field(default_factory=list)
+
+
+def _records_from_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        truncated = " (the file looks truncated)" if e.pos >= len(text.rstrip()) - 1 else ""
+        raise InputError(
+            f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}{truncated}; "
+            "expected a JSON list of objects with instruction/input/output",
+            path=str(path),
+        ) from e
+    if isinstance(data, dict):
+        for key in ("data", "rows", "train"):
+            if isinstance(data.get(key), list):
+                data = data[key]
+                break
+    if not isinstance(data, list):
+        raise InputError(
+            f"expected a JSON list of rows, found a {type(data).__name__}; "
+            "write the rows as [{\"instruction\": ..., \"input\": ..., \"output\": ...}, ...] or use JSONL",
+            path=str(path),
+        )
+    return enumerate(data, start=1)
+
+
+def _records_from_jsonl(path: Path, text: str) -> Iterable[tuple[int, Any]]:
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(
+                f"not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
+                path=str(path),
+                row=lineno,
+            ) from e
+
+
+def _records_from_parquet(path: Path) -> Iterable[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise InputError(f"not a readable parquet file ({e})", path=str(path)) from e
+    return enumerate(table.to_pylist(), start=1)
+
+
+def _records_from_datasets(source: str) -> Iterable[tuple[int, Any]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(source)
+    except Exception as e:  # datasets raises many types: not found, no network, bad layout
+        raise InputError(
+            f"could not load it with datasets.load_dataset ({type(e).__name__}: {e}); "
+            "give a JSON/JSONL/parquet file, a folder in Hub layout, or a reachable Hub dataset id",
+            path=source,
+        ) from e
+    split = "train" if "train" in loaded else next(iter(loaded)) if len(loaded) == 1 else None
+    if split is None:
+        raise InputError(f"has splits {sorted(loaded)} and none is 'train'; give one split's file instead", path=source)
+    return enumerate(loaded[split], start=1)
+
+
+def _validate(record: Any, path: str, row: int) -> tuple[str, str, str]:
+    if isinstance(record, dict) and isinstance(record.get("data"), dict) and "instruction" not in record:
+        record = record["data"]  # the reference authors' form: a struct column `data`
+    if not isinstance(record, dict):
+        raise InputError(f"expected an object, found {type(record).__name__}", path=path, row=row)
+    values: dict[str, str] = {}
+    for name, required in (("instruction", True), ("input", False), ("output", True)):
+        value = record.get(name)
+        if value is None:
+            if required:
+                raise InputError(
+                    f"is missing; every row needs a non-empty '{name}' (fix the row, or pass --skip-invalid)",
+                    path=path,
+                    row=row,
+                    field=name,
+                )
+            value = ""
+        if not isinstance(value, str):
+            raise InputError(
+                f"must be a string, found {type(value).__name__} (fix the row, or pass --skip-invalid)",
+                path=path,
+                row=row,
+                field=name,
+            )
+        if required and not value.strip():
+            raise InputError(
+                "is empty; every row needs a non-empty instruction and output (fix the row, or pass --skip-invalid)",
+                path=path,
+                row=row,
+                field=name,
+            )
+        values[name] = value
+    return values["instruction"], values["input"], values["output"]
+
+
+def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | None = None) -> SourceData:
+    """Read every row of ``source`` (see the module doc for the forms) in order.
+
+    Raises :class:`InputError` naming the file, row and field of the first invalid row, unless
+    ``skip_invalid``, in which case such rows are dropped and listed in ``SourceData.invalid``.
+    ``limit`` keeps the first N valid rows.
+    """
+    path = Path(source)
+    name = str(source)
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise InputError("the file is empty; expected rows with instruction/input/output", path=name)
+        suffix = "".join(path.suffixes[-1:]).lower()
+        if suffix == ".parquet":
+            records = _records_from_parquet(path)
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"is not UTF-8 text ({e.reason} at byte {e.start})", path=name) from e
+            if not text.strip():
+                raise InputError("the file holds only whitespace; expected rows", path=name)
+            if suffix == ".jsonl" or (suffix != ".json" and text.lstrip()[:1] == "{" and "\n{" in text.strip()):
+                records = _records_from_jsonl(path, text)
+            elif suffix in (".json", "") or text.lstrip()[:1] in "[{":
+                records = _records_from_json(path, text)
+            else:
+                raise InputError("unknown file type; use .json, .jsonl or .parquet", path=name)
+    elif path.is_dir() or ("/" in name and not path.exists() and not name.startswith((".", "/"))):
+        records = _records_from_datasets(name)
+    else:
+        raise InputError("no such file or folder (nor a Hub dataset id of the form org/name)", path=name)
+
+    triples: list[tuple[str, str, str]] = []
+    invalid: list[InvalidRow] = []
+    for row, record in records:
+        try:
+            triples.append(_validate(record, name, row))
+        except InputError as e:
+            if not skip_invalid:
+                raise
+            invalid.append(InvalidRow(row=row, field=e.field, reason=str(e)))
+        if limit is not None and len(triples) >= limit:
+            break
+    if not triples:
+        raise InputError(
+            "holds no valid rows" + (f" ({len(invalid)} invalid rows skipped)" if invalid else ""), path=name
+        )
+    if invalid:
+        logger.warning("%s: skipped %d invalid rows (first: %s)", name, len(invalid), invalid[0].reason)
+    return SourceData(path=name, rows=assign_ids(triples), invalid=invalid)

@@ -1,0 +1,88 @@
+"""Student prompt formats (SPEC 3). The strings are format constants and must stay byte-exact.
+
+``render_prompt`` builds the prompt part ``T(x, i)`` whose continuation the student scores;
+``reverse_request`` wraps a response in the guess-the-instruction request used by r-IFD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recycled_datasets.errors import ConfigError
+
+TEMPLATES: tuple[str, ...] = ("alpaca", "vicuna", "wizardlm", "none", "chat")
+
+# Stanford Alpaca (train.py PROMPT_DICT), byte-exact.
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+# FastChat conversation template "vicuna_v1.1" (sep " ", roles USER/ASSISTANT), byte-exact.
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+VICUNA = VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:"
+WIZARDLM = "{instruction}\n\n### Response:"
+
+# Our own wording of the r-IFD request: the student sees a response and is asked for its instruction.
+REVERSE_REQUEST = (
+    "Here is a response written by an assistant. Guess the instruction (and its input, if it had one) "
+    "that this response answers.\n\nResponse:\n{response}"
+)
+
+
+def _joined(instruction: str, input: str) -> str:
+    return f"{instruction}\n{input}" if input else instruction
+
+
+def render_prompt(template: str, instruction: str, input: str = "", *, tokenizer: Any = None) -> str:
+    """The prompt part ``T(x, i)`` of a pair in the student's format.
+
+    ``chat`` needs the student's tokenizer (its own chat template, one user turn, generation prompt added).
+    The text is returned whole; the scorer does not add a second BOS when the template already starts with it.
+    """
+    if template == "alpaca":
+        if input:
+            return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
+        return ALPACA_NO_INPUT.format(instruction=instruction)
+    if template == "vicuna":
+        return VICUNA.format(instruction=_joined(instruction, input))
+    if template == "wizardlm":
+        return WIZARDLM.format(instruction=_joined(instruction, input))
+    if template == "none":
+        return f"{instruction}\n{input}\n" if input else f"{instruction}\n"
+    if template == "chat":
+        if tokenizer is None:
+            raise ConfigError("template 'chat' needs the student's tokenizer: pass tokenizer=")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"template 'chat': the tokenizer of {getattr(tokenizer, 'name_or_path', 'this student')} has no chat "
+                "template; choose --template alpaca, vicuna, wizardlm or none"
+            )
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": _joined(instruction, input)}], tokenize=False, add_generation_prompt=True
+        )
+    raise ConfigError(f"unknown template {template!r}: choose one of {', '.join(TEMPLATES)}")
+
+
+def reverse_request(response: str) -> str:
+    """The guess-the-instruction request wrapped around a response (r-IFD's ``R(y)``)."""
+    return REVERSE_REQUEST.format(response=response)
+
+
+def instruction_target(instruction: str, input: str = "") -> str:
+    """``x'``: the instruction with its input appended after a newline, as r-IFD scores it."""
+    return _joined(instruction, input)
+
+
+def validate_template(template: str) -> str:
+    if template not in TEMPLATES:
+        raise ConfigError(f"unknown template {template!r}: choose one of {', '.join(TEMPLATES)}")
+    return template
