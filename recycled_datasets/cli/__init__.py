@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer
+    from click import exceptions as click_exceptions
 
 from recycled_datasets import __version__
 from recycled_datasets.errors import RecycledError
@@ -41,9 +45,19 @@ def _root(
 
 
 def _register() -> None:
-    from recycled_datasets.cli import score
+    # One module per command; each imports only typer and the standard library at module level.
+    from recycled_datasets.cli import build, demo, finetune, push, reflect, score, students
 
+    app.command("demo")(demo.demo)
+    app.command("reflect")(reflect.reflect)
     app.command("score")(score.score)
+    app.command("select")(build.select)
+    app.command("build")(build.build)
+    app.command("import-reflections")(build.import_reflections)
+    app.command("push")(push.push)
+    app.command("push-model")(push.push_model)
+    app.command("finetune")(finetune.finetune)
+    app.command("students")(students.students)
 
 
 _register()
@@ -58,16 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="srecycle", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except click_exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except click_exceptions.Abort:
         typer.echo("srecycle: aborted", err=True)
         raise SystemExit(130) from None
-    except click.UsageError as exc:
+    except click_exceptions.UsageError as exc:
         if debug:
             raise
-        hint = f" (see 'srecycle {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help')".replace("  ", " ")
-        typer.echo(f"srecycle: error: {exc.format_message()}{hint}", err=True)
+        where = f"srecycle {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.parent is not None else "srecycle"
+        typer.echo(f"srecycle: error: {exc.format_message()} (see '{where} --help')", err=True)
         raise SystemExit(2) from None
     except RecycledError as exc:
         if debug:
