@@ -72,16 +72,24 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         command.main(args=args, prog_name="srecycle", standalone_mode=False)
-    except click_exceptions.Exit as exc:
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except click_exceptions.Abort:
+    except typer.Abort:
         typer.echo("srecycle: aborted", err=True)
         raise SystemExit(130) from None
+    except click_exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc))
+        raise SystemExit(0) from None
     except click_exceptions.UsageError as exc:
         if debug:
             raise
         where = f"srecycle {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.parent is not None else "srecycle"
         typer.echo(f"srecycle: error: {exc.format_message()} (see '{where} --help')", err=True)
+        raise SystemExit(2) from None
+    except click_exceptions.ClickException as exc:
+        if debug:
+            raise
+        typer.echo(f"srecycle: error: {exc.format_message()}", err=True)
         raise SystemExit(2) from None
     except RecycledError as exc:
         if debug:
