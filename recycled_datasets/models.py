@@ -58,7 +58,9 @@ class StudentSpec:
                 f"student key {self.key!r} is not a valid config name: use lowercase letters, digits, '.', '_', '-'"
             )
         if self.template not in TEMPLATES:
-            raise ConfigError(f"student {self.key}: unknown template {self.template!r} (one of {', '.join(TEMPLATES)})")
+            raise ConfigError(
+                f"student {self.key}: unknown template {self.template!r} (one of {', '.join(TEMPLATES)})"
+            )
         if self.dtype not in DTYPES:
             raise ConfigError(f"student {self.key}: dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
@@ -84,7 +86,7 @@ def _read_table(text: str, origin: str) -> dict[str, StudentSpec]:
     allowed = {f for f in StudentSpec.__dataclass_fields__ if f != "key"}
     for key, entry in raw.items():
         if not isinstance(entry, dict) or "model" not in entry:
-            raise ConfigError(f"{origin}: [{key}] needs at least model = \"<hub id, folder or .gguf>\"")
+            raise ConfigError(f'{origin}: [{key}] needs at least model = "<hub id, folder or .gguf>"')
         unknown = set(entry) - allowed
         if unknown:
             raise ConfigError(f"{origin}: [{key}] has unknown fields {sorted(unknown)} (allowed: {sorted(allowed)})")

@@ -42,12 +42,14 @@ def _records_from_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        truncated = " (the file looks truncated)" if e.pos >= len(text.rstrip()) - 1 else ""
+        truncated = " (the file looks truncated)" if text.rstrip()[-1:] not in ("]", "}") else ""
         raise InputError(
             f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}{truncated}; "
             "expected a JSON list of objects with instruction/input/output",
             path=str(path),
         ) from e
+    if isinstance(data, dict) and ({"instruction", "output"} & data.keys() or isinstance(data.get("data"), dict)):
+        data = [data]  # a file holding a single row
     if isinstance(data, dict):
         for key in ("data", "rows", "train"):
             if isinstance(data.get(key), list):
@@ -56,7 +58,7 @@ def _records_from_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
     if not isinstance(data, list):
         raise InputError(
             f"expected a JSON list of rows, found a {type(data).__name__}; "
-            "write the rows as [{\"instruction\": ..., \"input\": ..., \"output\": ...}, ...] or use JSONL",
+            'write the rows as [{"instruction": ..., "input": ..., "output": ...}, ...] or use JSONL',
             path=str(path),
         )
     return enumerate(data, start=1)
@@ -99,7 +101,9 @@ def _records_from_datasets(source: str) -> Iterable[tuple[int, Any]]:
         ) from e
     split = "train" if "train" in loaded else next(iter(loaded)) if len(loaded) == 1 else None
     if split is None:
-        raise InputError(f"has splits {sorted(loaded)} and none is 'train'; give one split's file instead", path=source)
+        raise InputError(
+            f"has splits {sorted(loaded)} and none is 'train'; give one split's file instead", path=source
+        )
     return enumerate(loaded[split], start=1)
 
 

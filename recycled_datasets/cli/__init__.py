@@ -39,7 +39,9 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors (also accepted after the command)."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks for errors (also accepted after the command)."
+    ),
 ) -> None:
     """srecycle: recycle instruction data with a teacher, select it per student, publish it."""
 

@@ -12,7 +12,7 @@ Student = Annotated[
     str,
     typer.Option(
         "--student",
-        help="Student: a key of the students table (e.g. smollm2-135m, llama2-7b), a Hub id, a folder or a .gguf file.",
+        help="Student: a students-table key (e.g. smollm2-135m, llama2-7b), a Hub id, a folder or a .gguf file.",
     ),
 ]
 Template = Annotated[
@@ -25,7 +25,8 @@ Dtype = Annotated[
     typer.Option("--dtype", help="bfloat16 (default; losses reduced in fp32) or float32 (exact, slower)."),
 ]
 BatchTokens = Annotated[
-    int | None, typer.Option("--batch-tokens", min=16, help="Padded tokens per forward pass. Default: 8192 CPU, 65536 GPU.")
+    int | None,
+    typer.Option("--batch-tokens", min=16, help="Padded tokens per forward pass. Default: 8192 CPU, 65536 GPU."),
 ]
 StudentsFile = Annotated[
     Path | None,

@@ -1,14 +1,100 @@
-"""Placeholder until its issue lands; the owner replaces this whole file."""
+"""``srecycle push`` and ``srecycle push-model``: publish a release or a fine-tuned checkpoint to the Hub.
 
-from recycled_datasets.errors import ConfigError
+The token comes from ``HF_TOKEN`` or the stored login (``hf auth login``); it is never an option, so it
+cannot end up in shell history, and never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recycled_datasets.cli.options import Quiet, Workdir
+
+Repo = Annotated[str, typer.Option("--repo", help="Target repo on the Hub, ORG/NAME (created if missing).")]
+Tag = Annotated[str | None, typer.Option("--tag", help="Also tag the new commit (e.g. v1.0) so it can be pinned.")]
+Private = Annotated[
+    bool, typer.Option("--private", help="Create the repo as private (an existing repo keeps its visibility).")
+]
+ToDir = Annotated[
+    Path | None,
+    typer.Option("--to-dir", help="Write the exact repo tree to this folder instead of pushing (no network)."),
+]
 
 
-def push() -> None:
-    """Not built yet."""
-    raise ConfigError("push is not built yet")
+def push(
+    repo: Repo,
+    workdir: Workdir,
+    student: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--student", help="Config(s) to publish, repeatable; on a new repo the first is the default. Default: all."
+        ),
+    ] = None,
+    tag: Tag = None,
+    private: Private = False,
+    to_dir: ToDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Publish the workdir's per-student subsets and the reflections as one dataset repo, in one commit."""
+    from rich.table import Table
+
+    from recycled_datasets.hub import push_release, write_to_dir
+    from recycled_datasets.progress import console, set_quiet, setup_logging
+
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+    students = student or None
+    table = Table(title=f"srecycle push: {repo}")
+    if to_dir is not None:
+        tree = write_to_dir(workdir=workdir, dest=to_dir, students=students, repo_id=repo)
+        table.add_column("config")
+        table.add_column("rows", justify="right")
+        for name in tree.configs:
+            table.add_row(name + (" (default)" if name == tree.default_config else ""), str(tree.rows[name]))
+        table.caption = f"{len(tree.files)} files written to {tree.root}"
+    else:
+        result = push_release(repo_id=repo, workdir=workdir, students=students, tag=tag, private=private)
+        table.add_column("")
+        table.add_column("")
+        table.add_row("configs on the repo", ", ".join(result.configs))
+        table.add_row("files uploaded / deleted", f"{len(result.added)} / {len(result.deleted)}")
+        table.add_row("commit", result.commit_url or "")
+        if result.tag:
+            table.add_row("tag", result.tag)
+    if not quiet:
+        console().print(table)
 
 
-def push_model() -> None:
-    """Not built yet."""
-    raise ConfigError("push-model is not built yet")
+def push_model(
+    checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint folder (with srecycle_finetune.json).")],
+    repo: Repo,
+    to_dir: ToDir = None,
+    tag: Tag = None,
+    private: Private = False,
+    quiet: Quiet = False,
+) -> None:
+    """Upload a fine-tuned checkpoint with a model card that names the data it was trained on."""
+    from rich.table import Table
 
+    from recycled_datasets.hub import push_model as push_checkpoint
+    from recycled_datasets.progress import console, set_quiet, setup_logging
+
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+    result = push_checkpoint(checkpoint=checkpoint, repo_id=repo, to_dir=to_dir, private=private, tag=tag)
+    table = Table(title=f"srecycle push-model: {repo}")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("files", str(len(result.added)))
+    table.add_row("card", str(Path(checkpoint) / "README.md"))
+    table.add_row(
+        "written to" if to_dir is not None else "commit",
+        str(to_dir) if to_dir is not None else result.commit_url or "",
+    )
+    if result.tag:
+        table.add_row("tag", result.tag)
+    if not quiet:
+        console().print(table)

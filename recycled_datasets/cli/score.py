@@ -1,9 +1,104 @@
-"""Placeholder until its issue lands; the owner replaces this whole file."""
+"""``srecycle score``: IFD and r-IFD of every row of a source, for one student."""
 
-from recycled_datasets.errors import ConfigError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recycled_datasets.cli.options import (
+    BatchTokens,
+    Dtype,
+    MaxLength,
+    Quiet,
+    SkipInvalid,
+    Student,
+    StudentsFile,
+    Template,
+)
 
 
-def score() -> None:
-    """Not built yet."""
-    raise ConfigError("score is not built yet")
+def score(
+    input: Annotated[
+        Path, typer.Argument(help="Source rows: Alpaca/WizardLM JSON, JSONL, parquet, Hub-layout folder.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the scores (parquet).")],
+    student: Student = "smollm2-135m",
+    template: Template = None,
+    max_length: MaxLength = 2048,
+    dtype: Dtype = None,
+    batch_tokens: BatchTokens = None,
+    students_file: StudentsFile = None,
+    skip_invalid: SkipInvalid = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score only the first N valid rows.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Score every row with the student: IFD, r-IFD, the four raw losses and token counts (one row per input row).
 
+    Resumable: finished work is checkpointed next to OUTPUT, and a rerun after a crash continues from it.
+    Runs on several devices under `torchrun --nproc-per-node N $(which srecycle) score ...`.
+    """
+    from recycled_datasets.progress import set_quiet, setup_logging
+    from recycled_datasets.scoring import dist_info
+
+    dist = dist_info()
+    set_quiet(quiet or not dist.main)
+    setup_logging(quiet=quiet or not dist.main)
+
+    import time
+
+    from recycled_datasets.models import resolve_student
+    from recycled_datasets.records import Pair
+    from recycled_datasets.scoring import ScoreConfig, score_pairs
+    from recycled_datasets.sources import read_source
+    from recycled_datasets.store import write_parquet
+
+    spec = resolve_student(student, template=template, dtype=dtype, students_file=students_file)
+    data = read_source(input, skip_invalid=skip_invalid, limit=limit)
+    parts = output.parent / f".{output.name}.parts"
+    config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts)
+    started = time.monotonic()
+    frame = score_pairs([Pair(r.instruction, r.input, r.output) for r in data.rows], spec, config)
+    if frame is None:  # not rank 0 of a distributed run
+        return
+    import polars as pl
+
+    frame = pl.concat(
+        [pl.DataFrame({"id": [r.id for r in data.rows], "source_index": [r.index for r in data.rows]}), frame],
+        how="horizontal",
+    )
+    write_parquet(frame, output)
+    import shutil
+
+    shutil.rmtree(parts, ignore_errors=True)
+    _summary(frame, output, spec.key, spec.template, len(data.invalid), time.monotonic() - started)
+
+
+def _summary(frame, output: Path, student: str, template: str, skipped: int, seconds: float) -> None:  # noqa: ANN001
+    import polars as pl
+    from rich.table import Table
+
+    from recycled_datasets.progress import console
+
+    ok = frame.filter(pl.col("status") == "ok")
+    table = Table(title=f"scores of {student} ({template} template) -> {output}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("rows scored", str(frame.height))
+    table.add_row("rows ok", str(ok.height))
+    table.add_row("rows missing a score", str(frame.height - ok.height))
+    if skipped:
+        table.add_row("invalid rows skipped", str(skipped))
+    for name in ("ifd", "rifd"):
+        values = ok[name]
+        if len(values):
+            q = [values.quantile(p) for p in (0.1, 0.5, 0.9)]
+            table.add_row(f"{name} p10 / p50 / p90", " / ".join(f"{v:.3f}" for v in q))
+    if ok.height:
+        table.add_row("ifd < 1", f"{(ok['ifd'] < 1).sum()} of {ok.height}")
+    table.add_row("seconds", f"{seconds:.1f}")
+    console().print(table)
+    reasons = frame.filter(pl.col("reason").is_not_null())["reason"].value_counts(sort=True)
+    for reason, count in reasons.iter_rows():
+        console().print(f"missing: {count} x {reason}")

@@ -1,0 +1,410 @@
+"""The release tree: a workdir turned into the exact file layout of the dataset repo on the Hub.
+
+Layout (one config per student, plus the student-independent reflections)::
+
+    README.md                                  dataset card: YAML configs/dataset_info + the body
+    KEY/train-00000-of-00001.parquet           the student's subset (columns of subset.parquet)
+    KEY/report.json                            the selection report the card's table is made from
+    reflections/train-00000-of-00001.parquet   every variant of every source row, long layout
+    plots/KEY/{ifd,rifd,kept}.png              the figures the card shows
+
+A config owns ``KEY/`` and ``plots/KEY/``; re-publishing a config replaces exactly those files. The
+report is committed next to the data so that a later push of another config can still render this
+config's table without the original workdir. Parquet files are byte-identical for identical inputs: fixed
+row order, fixed schema, fixed compression, and no timestamps anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recycled_datasets.errors import ConfigError, InputError
+from recycled_datasets.records import REFLECTION_COLUMNS, VARIANTS
+
+logger = logging.getLogger(__name__)
+
+REFLECTIONS_CONFIG = "reflections"
+DATA_FILE = "train-00000-of-00001.parquet"
+REPORT_FILE = "report.json"
+PLOTS_DIR = "plots"
+PLOT_NAMES = ("ifd", "rifd", "kept")
+SUBSET_COLUMNS = ("instruction", "input", "output", "id", "variant", "ifd", "rifd", "student", "teacher")
+REFLECTIONS_LONG_COLUMNS = ("id", "source_index", "variant", "instruction", "input", "output", "status", "detail")
+_RESERVED = {REFLECTIONS_CONFIG, PLOTS_DIR, "data", "README.md"}
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RELEASE_FILE = re.compile(
+    r"^(README\.md|[^/]+/train-\d{5}-of-\d{5}\.parquet|[^/]+/report\.json|plots/[^/]+/[^/]+\.png)$"
+)
+_COMPRESSION = "zstd"
+_COMPRESSION_LEVEL = 9
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One config of the release as the card shows it; ``report`` is None for the reflections config."""
+
+    name: str
+    rows: int
+    info: dict[str, Any]  # the config's dataset_info entry (features, splits, sizes)
+    report: dict[str, Any] | None = None
+    plots: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExistingRelease:
+    """What is already on the repo, so a partial push can keep the other configs in the card."""
+
+    configs: tuple[ConfigEntry, ...] = ()
+    files: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ReleaseTree:
+    """A written release: ``files`` are repo-relative POSIX paths under ``root``, sorted."""
+
+    root: Path
+    files: tuple[str, ...]
+    configs: tuple[str, ...]  # every config in the card, the default first
+    pushed: tuple[str, ...]  # the configs whose files this tree carries
+    default_config: str
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def owned_prefixes(self) -> tuple[str, ...]:
+        """Repo path prefixes that belong to the pushed configs (what a push may delete)."""
+        return tuple(p for name in self.pushed for p in config_prefixes(name))
+
+
+def config_prefixes(name: str) -> tuple[str, ...]:
+    """The folders a config owns on the repo."""
+    return (f"{name}/",) if name == REFLECTIONS_CONFIG else (f"{name}/", f"{PLOTS_DIR}/{name}/")
+
+
+@dataclass(frozen=True)
+class _Student:
+    key: str
+    subset: Path
+    scores: Path
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Workdir:
+    root: Path
+    meta: dict[str, Any]
+    students: tuple[_Student, ...]
+
+
+def write_release_tree(
+    workdir: Path,
+    dest: Path,
+    *,
+    students: Sequence[str] | None = None,
+    repo_id: str | None = None,
+) -> ReleaseTree:
+    """Write the repo tree of ``workdir`` into ``dest`` (absent, empty, or an earlier release it replaces).
+
+    ``students`` picks and orders the student configs (default: every ``students/KEY`` folder, sorted);
+    the first becomes the default config. ``repo_id`` only fills the card's ``load_dataset`` snippets.
+    """
+    return build_tree(workdir, dest, students=students, repo_id=repo_id)
+
+
+def build_tree(
+    workdir: Path,
+    dest: Path,
+    *,
+    students: Sequence[str] | None = None,
+    repo_id: str | None = None,
+    existing: ExistingRelease | None = None,
+) -> ReleaseTree:
+    """:func:`write_release_tree`, merging the card with the configs of an ``existing`` release."""
+    from recycled_datasets.hub.cards import render_card
+    from recycled_datasets.hub.plots import write_plots
+
+    work = read_workdir(Path(workdir), students)
+    final = Path(dest)
+    _check_replaceable(final)
+    # Written next to the target and moved in at the end: a failure never leaves half a release at ``dest``.
+    dest = final.with_name(f".{final.name}.partial")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+
+    entries: dict[str, ConfigEntry] = {}
+    for student in work.students:
+        table = _subset_table(student.subset)
+        rel = f"{student.key}/{DATA_FILE}"
+        _write_parquet(table, dest / rel)
+        (dest / student.key / REPORT_FILE).write_text(_canonical_json(student.report), encoding="utf-8")
+        plots = write_plots(
+            scores=student.scores,
+            subset=table,
+            report=student.report,
+            dest=dest / PLOTS_DIR / student.key,
+        )
+        entries[student.key] = ConfigEntry(
+            name=student.key,
+            rows=table.num_rows,
+            info=_dataset_info(student.key, table, dest / rel),
+            report=student.report,
+            plots=tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots),
+        )
+        logger.info("config %s: %d rows", student.key, table.num_rows)
+
+    reflections = _reflections_table(work.root / "reflections.parquet")
+    rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
+    _write_parquet(reflections, dest / rel)
+    entries[REFLECTIONS_CONFIG] = ConfigEntry(
+        REFLECTIONS_CONFIG, reflections.num_rows, _dataset_info(REFLECTIONS_CONFIG, reflections, dest / rel)
+    )
+
+    configs = _merge_configs(existing, entries)
+    default = configs[0].name
+    card = render_card(
+        "dataset_card.md.j2",
+        _card_metadata(work.meta, configs, default, repo_id),
+        repo_id=repo_id or "ORG/NAME",
+        repo_id_known=repo_id is not None,
+        pretty_name=_pretty_name(work.meta),
+        meta=work.meta,
+        default_config=default,
+        students=[c for c in configs if c.name != REFLECTIONS_CONFIG],
+        reflections=next(c for c in configs if c.name == REFLECTIONS_CONFIG),
+        variants=VARIANTS,
+    )
+    (dest / "README.md").write_text(card, encoding="utf-8")
+
+    files = tuple(sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()))
+    if final.exists():
+        shutil.rmtree(final)
+    dest.rename(final)
+    return ReleaseTree(
+        root=final,
+        files=files,
+        configs=tuple(c.name for c in configs),
+        pushed=tuple(entries),
+        default_config=default,
+        rows={c.name: c.rows for c in configs},
+    )
+
+
+def _check_replaceable(dest: Path) -> None:
+    """``dest`` may be absent, empty, or an earlier release tree (a rebuild replaces it); nothing else."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise ConfigError(f"{dest}: the release folder is a file")
+    foreign = [p for p in dest.rglob("*") if p.is_file() and not _RELEASE_FILE.match(p.relative_to(dest).as_posix())]
+    if foreign:
+        raise ConfigError(
+            f"{dest}: the release folder must be empty, absent or an earlier release; it holds {foreign[0].name}"
+        )
+
+
+# ---- reading the workdir -----------------------------------------------------------------------------------
+def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
+    """Check the workdir contract up front, so a push fails before it touches the network."""
+    meta_path = workdir / "reflections.json"
+    if not (workdir / "reflections.parquet").is_file() or not meta_path.is_file():
+        raise InputError(
+            "missing reflections.parquet / reflections.json: run `srecycle reflect` (or build) first",
+            path=str(workdir),
+        )
+    meta = _read_json(meta_path)
+    for key in ("teacher", "prompt_version", "source", "license"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise InputError("missing or empty", path=str(meta_path), field=key)
+    students_dir = workdir / "students"
+    if students is None:
+        keys = sorted(p.name for p in students_dir.iterdir() if p.is_dir()) if students_dir.is_dir() else []
+    else:
+        keys = list(dict.fromkeys(students))
+    if not keys:
+        raise InputError(
+            "no student subsets: run `srecycle select` (or build) for at least one student", path=str(students_dir)
+        )
+    found = []
+    for key in keys:
+        if not _KEY.match(key) or key in _RESERVED:
+            raise ConfigError(f"'{key}' cannot be a config name (reserved or not a plain name)")
+        folder = students_dir / key
+        for name in ("subset.parquet", "scores.parquet", "report.json"):
+            if not (folder / name).is_file():
+                raise InputError(f"missing {name}: run `srecycle select --student {key}` first", path=str(folder))
+        found.append(
+            _Student(key, folder / "subset.parquet", folder / "scores.parquet", _read_json(folder / "report.json"))
+        )
+    for student in found:
+        for key in ("rows_in", "rows_kept", "branches", "quantiles", "student"):
+            if key not in student.report:
+                raise InputError(
+                    "missing from the selection report", path=str(student.subset.parent / "report.json"), field=key
+                )
+    return _Workdir(workdir, meta, tuple(found))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable JSON ({exc})", path=str(path)) from exc
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", path=str(path))
+    return data
+
+
+def _subset_table(path: Path):
+    import pyarrow as pa
+
+    table = _read_parquet(path, SUBSET_COLUMNS)
+    schema = pa.schema(
+        [(c, pa.float64() if c in ("ifd", "rifd") else pa.string()) for c in SUBSET_COLUMNS],
+    )
+    return table.select(list(SUBSET_COLUMNS)).cast(schema)
+
+
+def _reflections_table(path: Path):
+    """The long layout: one row per (source row, variant), source order then ori, ins, res, both.
+
+    Long rather than wide so the config has the same instruction/input/output columns as the subsets and
+    a variant is one filter away; ``status``/``detail`` say whether the teacher's text was used.
+    """
+    import pyarrow as pa
+
+    wide = _read_parquet(path, REFLECTION_COLUMNS)
+    n = wide.num_rows
+    ids = wide.column("id").cast(pa.string()).to_pylist()
+    index = wide.column("source_index").cast(pa.int64()).to_pylist()
+    columns: dict[str, list] = {c: [] for c in REFLECTIONS_LONG_COLUMNS}
+    per_variant = {
+        v: {
+            f: wide.column(f"{v}_{f}").to_pylist()
+            for f in ("instruction", "input", "output", *(("status", "detail") if v != "ori" else ()))
+        }
+        for v in VARIANTS
+    }
+    for row in range(n):
+        for v in VARIANTS:
+            cols = per_variant[v]
+            columns["id"].append(ids[row])
+            columns["source_index"].append(index[row])
+            columns["variant"].append(v)
+            for f in ("instruction", "input", "output"):
+                columns[f].append(cols[f][row])
+            columns["status"].append(cols["status"][row] if v != "ori" else "ok")
+            columns["detail"].append(cols["detail"][row] if v != "ori" else None)
+    schema = pa.schema([(c, pa.int64() if c == "source_index" else pa.string()) for c in REFLECTIONS_LONG_COLUMNS])
+    return pa.table(columns, schema=schema)
+
+
+def _read_parquet(path: Path, columns: Sequence[str]):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"unreadable parquet ({exc})", path=str(path)) from exc
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(f"missing column(s) {', '.join(missing)}", path=str(path), field=missing[0])
+    return table
+
+
+def _write_parquet(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        table,
+        path,
+        compression=_COMPRESSION,
+        compression_level=_COMPRESSION_LEVEL,
+        row_group_size=100_000,
+        write_statistics=True,
+    )
+
+
+# ---- card metadata -----------------------------------------------------------------------------------------
+def _dataset_info(name: str, table, path: Path) -> dict[str, Any]:
+    import pyarrow as pa
+
+    def dtype(t) -> str:
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return "string"
+        return "float64" if pa.types.is_float64(t) else "int64" if pa.types.is_int64(t) else str(t)
+
+    return {
+        "config_name": name,
+        "features": [{"name": f.name, "dtype": dtype(f.type)} for f in table.schema],
+        "splits": [{"name": "train", "num_bytes": int(table.nbytes), "num_examples": int(table.num_rows)}],
+        "download_size": path.stat().st_size,
+        "dataset_size": int(table.nbytes),
+    }
+
+
+def _merge_configs(existing: ExistingRelease | None, new: Mapping[str, ConfigEntry]) -> list[ConfigEntry]:
+    """Existing configs keep their place (the first student stays the default); new ones replace or append."""
+    order: list[str] = [c.name for c in existing.configs] if existing else []
+    order += [name for name in new if name not in order]
+    old = {c.name: c for c in existing.configs} if existing else {}
+    merged = [new.get(name) or old[name] for name in order]
+    students = [c for c in merged if c.name != REFLECTIONS_CONFIG]
+    return students + [c for c in merged if c.name == REFLECTIONS_CONFIG]
+
+
+def _card_metadata(meta: Mapping[str, Any], configs: Sequence[ConfigEntry], default: str, repo_id: str | None):
+    largest = max(c.rows for c in configs)
+    return {
+        "license": meta["license"],
+        "pretty_name": _pretty_name(meta),
+        "language": ["en"],
+        "task_categories": ["text-generation"],
+        "size_categories": [_size_category(largest)],
+        "source_datasets": [_source_dataset(meta["source"])],
+        "tags": ["instruction-tuning", "reflection-tuning", "data-selection", "ifd", "synthetic", "srecycled"],
+        "configs": [
+            {
+                "config_name": c.name,
+                "data_files": [{"split": "train", "path": f"{c.name}/train-*"}],
+                **({"default": True} if c.name == default else {}),
+            }
+            for c in configs
+        ],
+        "dataset_info": [c.info for c in configs],
+    }
+
+
+_KNOWN_SOURCES = (
+    ("wizard", "WizardLMTeam/WizardLM_evol_instruct_70k", "WizardLM"),
+    ("alpaca", "tatsu-lab/alpaca", "Alpaca"),
+)
+
+
+def _source_dataset(source: str) -> str:
+    lowered = source.lower()
+    for needle, repo, _ in _KNOWN_SOURCES:
+        if needle in lowered:
+            return repo
+    return source if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and "." not in source.split("/")[-1] else "original"
+
+
+def _pretty_name(meta: Mapping[str, Any]) -> str:
+    lowered = str(meta["source"]).lower()
+    label = next((name for needle, _, name in _KNOWN_SOURCES if needle in lowered), Path(str(meta["source"])).stem)
+    return f"sRecycled {label}: student-selected reflection-tuning data"
+
+
+def _size_category(n: int) -> str:
+    bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
+    return next((label for bound, label in bounds if n < bound), "1M<n<10M")
+
+
+def _canonical_json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -1,0 +1,151 @@
+"""Batched loss computation: many sequences per forward pass, vocabulary logits only where scored.
+
+Sequences are sorted by length and packed into batches under a padded-token budget, so padding is small.
+The transformer body runs in the model's dtype (bf16 by default) and the output head only at the positions
+that predict a target token. In fp32 the head is plain fp32. In bf16 the full-vocabulary head runs in bf16
+(3x faster than fp32 on CPUs with bf16 dot products), then the logits that decide the loss are recomputed
+exactly in fp32 — the target's and the top ``EXACT_TOP`` of each position, which carry nearly all of the
+softmax mass — and the log-sum-exp is reduced in fp32. What stays in bf16 is the far tail of the softmax.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from recycled_datasets.scoring.plan import Job
+
+logger = logging.getLogger(__name__)
+
+HEAD_CHUNK = 1024  # scored positions per head matmul: bounds the fp32 logits buffer (chunk x vocab)
+EXACT_TOP = 16  # logits per position recomputed in fp32 on the mixed-precision path
+
+
+def make_batches(jobs: Sequence[Job], batch_tokens: int, max_batch: int = 512) -> list[list[Job]]:
+    """Length-sorted batches whose padded size (rows x longest) stays within ``batch_tokens``.
+
+    Deterministic for the same jobs: ties in length are broken by key. A sequence longer than the budget
+    gets a batch of its own.
+    """
+    ordered = sorted(jobs, key=lambda j: (-len(j.ids), j.key))
+    batches: list[list[Job]] = []
+    current: list[Job] = []
+    for job in ordered:
+        longest = len(current[0].ids) if current else len(job.ids)
+        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(job)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class HeadAdapter:
+    """Applies the model's output head the way its own ``forward`` does, in fp32, to selected hidden states."""
+
+    def __init__(self, model: Any, device: str):
+        import torch
+
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError(f"{type(model).__name__} has no output embeddings to score with")
+        self.low = head.weight.detach().to(device)  # the model's dtype
+        self.mixed = self.low.dtype != torch.float32
+        self.weight = self.low.to(torch.float32)
+        bias = getattr(head, "bias", None)
+        self.bias = None if bias is None else bias.detach().to(device, torch.float32)
+        config = model.config
+        text = getattr(config, "text_config", None) or config
+        self.softcap = getattr(text, "final_logit_softcapping", None)
+        self.scaling = getattr(text, "logits_scaling", None)  # Granite divides by it
+        self.scale = getattr(text, "logit_scale", None)  # Cohere multiplies by it
+
+    def post(self, out: Any) -> Any:
+        """The model's own transformation of raw head outputs (scales, soft-capping), in fp32."""
+        import torch
+
+        if self.scale is not None:
+            out = out * self.scale
+        if self.scaling is not None:
+            out = out / self.scaling
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def nll(self, hidden: Any, target: Any) -> Any:
+        """Token NLL in fp32 of ``target`` given final hidden states ``hidden`` ([n, h] and [n])."""
+        import torch
+
+        h32 = hidden.to(torch.float32)
+        if not self.mixed:
+            logits = torch.nn.functional.linear(h32, self.weight, self.bias)
+            return torch.nn.functional.cross_entropy(self.post(logits), target, reduction="none")
+        logits = torch.nn.functional.linear(hidden.to(self.low.dtype), self.low).to(torch.float32)
+        if self.bias is not None:
+            logits += self.bias
+        top = logits.topk(min(EXACT_TOP, logits.shape[-1]), dim=-1).indices
+        exact_top = torch.einsum("nh,nkh->nk", h32, self.weight[top])
+        if self.bias is not None:
+            exact_top += self.bias[top]
+        logits.scatter_(1, top, exact_top)
+        exact_target = (h32 * self.weight[target]).sum(-1)
+        if self.bias is not None:
+            exact_target += self.bias[target]
+        return torch.logsumexp(self.post(logits), dim=-1) - self.post(exact_target)
+
+
+def _forward_hidden(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    body = model.base_model
+    out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def score_batches(
+    model: Any,
+    batches: Sequence[list[Job]],
+    *,
+    device: str,
+    pad_id: int = 0,
+    on_batch: Callable[[list[Job], list[float]], None] | None = None,
+) -> Iterator[tuple[list[Job], list[float]]]:
+    """Yield (jobs, mean NLL per job) for each batch; losses are float64 Python numbers."""
+    import torch
+
+    head = HeadAdapter(model, device)
+    with torch.inference_mode():
+        for batch in batches:
+            longest = max(len(j.ids) for j in batch)
+            ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), longest), dtype=torch.long)
+            rows, cols, targets, owner = [], [], [], []
+            for r, job in enumerate(batch):
+                ids[r, : len(job.ids)] = torch.tensor(job.ids, dtype=torch.long)
+                mask[r, : len(job.ids)] = 1
+                positions = range(job.start - 1, job.start - 1 + job.n)
+                rows.extend([r] * job.n)
+                cols.extend(positions)
+                targets.extend(job.ids[job.start : job.start + job.n])
+                owner.extend([r] * job.n)
+            hidden = _forward_hidden(model, ids.to(device), mask.to(device))
+            selected = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+            target = torch.tensor(targets, dtype=torch.long, device=device)
+            nll = torch.empty(len(targets), dtype=torch.float32, device=device)
+            for lo in range(0, len(targets), HEAD_CHUNK):
+                hi = lo + HEAD_CHUNK
+                nll[lo:hi] = head.nll(selected[lo:hi], target[lo:hi])
+            sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
+            sums.index_add_(0, torch.tensor(owner, device=device), nll.to(torch.float64))
+            counts = torch.tensor([j.n for j in batch], dtype=torch.float64, device=device)
+            losses = (sums / counts).cpu().tolist()
+            if not all(map(_finite, losses)):
+                bad = [j.key for j, v in zip(batch, losses, strict=True) if not _finite(v)]
+                logger.warning("%d sequences gave a non-finite loss (first key %s)", len(bad), bad[0])
+            if on_batch is not None:
+                on_batch(batch, losses)
+            yield batch, losses
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))

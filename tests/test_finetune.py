@@ -1,0 +1,284 @@
+"""Fine-tuning a student on its subset (issue 6).
+
+A tiny random-weight Llama that carries SmolLM2's real tokenizer stands in for the student, so the token ids,
+the chat template and the EOS are the real ones while a step takes a fraction of a second on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recycled_datasets.cli import main
+from recycled_datasets.finetune import FINETUNE_FILE, FinetuneConfig, build_trainer, finetune
+from recycled_datasets.models import load_tokenizer, resolve_student
+from recycled_datasets.records import Pair
+from recycled_datasets.scoring.plan import Planner
+from recycled_datasets.templates import render_prompt
+
+KEY = "smollm2-135m"
+DATASET_LICENSE = "cc-by-4.0"  # differs from the fallback, so the test sees it was read from the card
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_student(KEY))
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for i in range(32):
+        a, b = i % 7 + 1, i % 5 + 2
+        rows.append(
+            {
+                "instruction": f"Add {a} and {b}.",
+                "input": "" if i % 2 else "Answer with one sentence.",
+                "output": f"The sum of {a} and {b} is {a + b}.",
+                "id": f"row{i:02d}",
+                "variant": "both" if i % 2 else "res",
+                "ifd": 0.8,
+                "rifd": 0.5,
+                "student": KEY,
+                "teacher": "test-teacher",
+            }
+        )
+    return rows
+
+
+def _write_release(root: Path, rows: list[dict]) -> Path:
+    """A released dataset in Hub layout with one config, as load_dataset reads it from a folder."""
+    (root / KEY).mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), root / KEY / "train-00000-of-00001.parquet")
+    (root / "README.md").write_text(
+        f"---\nlicense: {DATASET_LICENSE}\nconfigs:\n- config_name: {KEY}\n  data_files:\n"
+        f"  - split: train\n    path: {KEY}/train-*.parquet\n---\n# A test release\n",
+        encoding="utf-8",
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def subset_dir(tmp_path_factory) -> Path:
+    return _write_release(tmp_path_factory.mktemp("release"), _rows())
+
+
+def _complete_checkpoints(output: Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    )
+
+
+def test_cli_trains_a_checkpoint_that_reloads_generates_and_cites_its_data(
+    tmp_path, base_dir, subset_dir, tokenizer, monkeypatch
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("SRECYCLE_QUIET", "")  # restored afterwards; the command sets it for --quiet
+    output = tmp_path / "out"
+    main(
+        [
+            "finetune",
+            "--dataset", str(subset_dir),
+            "--config", KEY,
+            "--base", str(base_dir),
+            "--output", str(output),
+            "--max-steps", "8",
+            "--per-device-batch-size", "8",
+            "--global-batch-size", "8",
+            "--learning-rate", "3e-3",
+            "--logging-steps", "1",
+            "--save-steps", "8",
+            "--quiet",
+        ]
+    )  # fmt: skip
+
+    # The loss goes down.
+    state = json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 8
+    assert losses[-1] < losses[0] - 0.5, losses
+
+    # Every parameter moved away from the base.
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32)
+    unchanged = [name for name, value in trained.state_dict().items() if torch.equal(value, base[name])]
+    assert unchanged == []
+
+    # The checkpoint reloads with its tokenizer and generates.
+    tok = AutoTokenizer.from_pretrained(output)
+    prompt = render_prompt("chat", "Add 2 and 3.", tokenizer=tok)
+    encoded = tok(prompt, add_special_tokens=False, return_tensors="pt")
+    generated = trained.generate(**encoded, max_new_tokens=5, do_sample=False)
+    assert 1 <= generated.shape[1] - encoded["input_ids"].shape[1] <= 5
+
+    # The record names the data, the template it was scored with, and the recipe actually used.
+    record = json.loads((output / FINETUNE_FILE).read_text())
+    assert record["dataset"] == str(subset_dir)
+    assert record["config"] == KEY and record["student"] == KEY
+    assert record["template"] == "chat"
+    assert record["dataset_revision"] is None
+    assert record["license"] == DATASET_LICENSE
+    assert record["base_model"] == str(base_dir)
+    assert record["hyperparameters"]["global_batch_size"] == 8
+    assert record["hyperparameters"]["gradient_accumulation_steps"] == 1
+    assert record["hyperparameters"]["learning_rate"] == pytest.approx(3e-3)
+    assert record["train_loss"] == pytest.approx(sum(losses) / len(losses))
+
+    # The README is the project's card, naming the dataset config, not TRL's default card.
+    card = (output / "README.md").read_text()
+    assert KEY in card and str(subset_dir) in card
+    assert "huggingface/trl" not in card
+    assert not (output / "checkpoint-8" / "README.md").exists()
+
+
+@pytest.mark.parametrize("template", [None, "vicuna"])
+def test_training_text_is_exactly_what_the_student_was_scored_on(tmp_path, base_dir, subset_dir, tokenizer, template):
+    job = build_trainer(
+        FinetuneConfig(
+            dataset=str(subset_dir), config=KEY, base_model=str(base_dir), output_dir=tmp_path, template=template
+        )
+    )
+    expected_template = template or resolve_student(KEY).template
+    assert job.template == expected_template
+    planner = Planner(tokenizer, expected_template, max_length=2048)
+    source = {row["id"]: row for row in _rows()}
+    seen = job.trainer.train_dataset
+    assert len(seen) == 32
+    eos = tokenizer.eos_token_id
+    for example in seen:
+        row = source[example["id"]]
+        # The strings: the scored prompt, and the raw response followed by EOS.
+        prompt = render_prompt(expected_template, row["instruction"], row["input"], tokenizer=tokenizer)
+        assert example["prompt"] == prompt
+        assert example["completion"] == row["output"] + tokenizer.eos_token
+        # The ids the trainer sees: the scorer's conditional sequence for this pair, plus EOS; loss on the target.
+        plan = planner.plan([Pair(row["instruction"], row["input"], row["output"])])[0]
+        scored = planner.jobs[plan.jobs[0]]
+        assert example["input_ids"] == [*scored.ids, eos]
+        assert example["labels"] == [-100] * scored.start + [*scored.ids[scored.start :], eos]
+        # Read back, the sequence is the start token (unless the template writes it), prompt and completion.
+        start = "" if prompt.startswith(tokenizer.bos_token) else tokenizer.bos_token
+        assert tokenizer.decode(example["input_ids"]) == start + prompt + example["completion"]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, base_dir, subset_dir):
+    output = tmp_path / "out"
+    args = [
+        "finetune",
+        "--dataset", str(subset_dir),
+        "--config", KEY,
+        "--base", str(base_dir),
+        "--output", str(output),
+        "--per-device-batch-size", "4",
+        "--global-batch-size", "4",
+        "--learning-rate", "1e-3",
+        "--logging-steps", "1",
+        "--save-steps", "2",
+        "--quiet",
+    ]  # fmt: skip
+    log = tmp_path / "killed.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from recycled_datasets.cli import main; main()", *args, "--max-steps", "1000"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SRECYCLE_QUIET": "1"},
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not _complete_checkpoints(output) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            process.kill()
+            process.wait(timeout=60)
+    steps = _complete_checkpoints(output)
+    assert steps, f"no checkpoint was written before the kill; the run said:\n{log.read_text()[-3000:]}"
+    assert not (output / FINETUNE_FILE).exists()  # the killed run never finished
+    resumed = steps[-1]
+    before = json.loads((output / f"checkpoint-{resumed}" / "trainer_state.json").read_text())["log_history"]
+
+    result = finetune(
+        FinetuneConfig(
+            dataset=str(subset_dir),
+            config=KEY,
+            base_model=str(base_dir),
+            output_dir=output,
+            per_device_batch_size=4,
+            global_batch_size=4,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_steps=2,
+            max_steps=resumed + 2,
+        )
+    )
+    assert result.resumed_from == output / f"checkpoint-{resumed}"
+    assert result.first_step == resumed
+    assert [step for step, _ in result.losses] == [resumed + 1, resumed + 2]
+    assert result.global_step == resumed + 2
+    after = json.loads((output / f"checkpoint-{resumed + 2}" / "trainer_state.json").read_text())
+    assert after["global_step"] == resumed + 2
+    assert after["log_history"][: len(before)] == before  # the killed run's history carries on
+    assert json.loads((output / FINETUNE_FILE).read_text())["global_step"] == resumed + 2
+
+
+def test_resume_skips_a_checkpoint_left_half_written(tmp_path):
+    from recycled_datasets.finetune import last_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-10").mkdir()  # killed while saving: weights maybe, trainer state not yet
+    (tmp_path / "checkpoint-10" / "model.safetensors").write_bytes(b"")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert last_checkpoint(tmp_path / "absent") is None
+
+
+def test_user_errors_stop_before_training_with_one_line(tmp_path, base_dir, subset_dir, capsys, monkeypatch):
+    monkeypatch.setenv("SRECYCLE_QUIET", "")
+    common = ["finetune", "--config", KEY, "--base", str(base_dir), "--output", str(tmp_path / "out"), "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--dataset", str(subset_dir), "--push", "no-org"])
+    assert exit_info.value.code == 2
+    assert "ORG/NAME" in capsys.readouterr().err
+
+    rows = _rows()
+    rows[5]["output"] = "  "  # the sixth row, numbered from 1 as in every error message
+    broken = _write_release(tmp_path / "broken", rows)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--dataset", str(broken)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(broken) in err and "row 6" in err and "'output'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

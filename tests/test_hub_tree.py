@@ -1,0 +1,171 @@
+"""The release tree written locally (``srecycle push --to-dir`` and the build's DIR/dataset)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from hub_server import make_workdir
+from huggingface_hub import DatasetCard
+
+from recycled_datasets.cli import main
+from recycled_datasets.errors import ConfigError, InputError
+from recycled_datasets.hub import write_release_tree
+from recycled_datasets.records import VARIANTS
+
+REPO = "org/srecycled"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return make_workdir(tmp_path_factory.mktemp("hub_tree") / "work")
+
+
+@pytest.fixture(scope="module")
+def tree(workdir, tmp_path_factory):
+    return write_release_tree(workdir, tmp_path_factory.mktemp("hub_tree_out") / "dataset", repo_id=REPO)
+
+
+def test_tree_has_the_hub_layout(tree):
+    data = {f for f in tree.files if f.endswith(".parquet")}
+    assert data == {
+        "llama2-7b/train-00000-of-00001.parquet",
+        "mistral-7b/train-00000-of-00001.parquet",
+        "reflections/train-00000-of-00001.parquet",
+    }
+    assert "README.md" in tree.files
+    assert {f for f in tree.files if f.startswith("plots/")} == {
+        f"plots/{k}/{p}.png" for k in ("llama2-7b", "mistral-7b") for p in ("ifd", "rifd", "kept")
+    }
+    assert tree.default_config == "llama2-7b"
+
+
+def test_tree_is_byte_identical_for_the_same_inputs(workdir, tree, tmp_path):
+    again = write_release_tree(workdir, tmp_path / "again", repo_id=REPO)
+    assert again.files == tree.files
+    for rel in tree.files:
+        assert (again.root / rel).read_bytes() == (tree.root / rel).read_bytes(), rel
+
+
+def test_folder_loads_with_datasets_per_config_and_default(workdir, tree, tmp_path):
+    import datasets
+
+    cache = str(tmp_path / "cache")
+    mistral = datasets.load_dataset(str(tree.root), "mistral-7b", split="train", cache_dir=cache)
+    assert mistral.to_list() == pq.read_table(workdir / "students" / "mistral-7b" / "subset.parquet").to_pylist()
+    default = datasets.load_dataset(str(tree.root), split="train", cache_dir=cache)
+    assert default.config_name == "llama2-7b"
+    assert len(default) == pq.read_metadata(workdir / "students" / "llama2-7b" / "subset.parquet").num_rows
+
+
+def test_reflections_config_is_the_long_layout_of_every_variant(workdir, tree):
+    wide = pq.read_table(workdir / "reflections.parquet").to_pylist()
+    long = pq.read_table(tree.root / "reflections" / "train-00000-of-00001.parquet").to_pylist()
+    assert len(long) == 4 * len(wide)
+    for i, row in enumerate(wide):
+        for j, variant in enumerate(VARIANTS):
+            got = long[4 * i + j]
+            assert (got["id"], got["variant"], got["source_index"]) == (row["id"], variant, row["source_index"])
+            assert (got["instruction"], got["input"], got["output"]) == tuple(
+                row[f"{variant}_{f}"] for f in ("instruction", "input", "output")
+            )
+            assert got["status"] == ("ok" if variant == "ori" else row[f"{variant}_status"])
+    assert any(r["status"] == "fell_back" and r["detail"] for r in long)
+
+
+def test_card_metadata_and_body(workdir, tree):
+    card = DatasetCard.load(tree.root / "README.md")
+    configs = card.data.configs
+    assert [c["config_name"] for c in configs] == ["llama2-7b", "mistral-7b", "reflections"]
+    assert [c["config_name"] for c in configs if c.get("default")] == ["llama2-7b"]
+    assert card.data.license == "cc-by-nc-4.0"
+    for key in ("task_categories", "size_categories", "source_datasets", "tags", "pretty_name", "dataset_info"):
+        assert getattr(card.data, key), key
+    info = {i["config_name"]: i for i in card.data.dataset_info}
+    assert info["reflections"]["splits"][0]["num_examples"] == 24
+    # Every image the card shows is a file of the tree.
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text)
+    assert len(images) == 6 and all((tree.root / p).is_file() for p in images)
+    # Numbers, ids and snippets that the issue asks the card to carry.
+    import json
+
+    report = json.loads((workdir / "students" / "llama2-7b" / "report.json").read_text())
+    assert f"{report['rows_kept']} of {report['rows_in']}" in card.text
+    assert report["student"]["revision"] in card.text
+    assert "0123456789abcdef0123456789abcdef01234567" in card.text  # teacher revision
+    assert 'load_dataset("org/srecycled", "mistral-7b"' in card.text
+    assert "2402.10110" in card.text and "2308.12032" in card.text
+
+
+def test_student_order_sets_the_default(workdir, tmp_path):
+    tree = write_release_tree(workdir, tmp_path / "t", students=["mistral-7b"])
+    card = DatasetCard.load(tree.root / "README.md")
+    assert [c["config_name"] for c in card.data.configs] == ["mistral-7b", "reflections"]
+    assert card.data.configs[0]["default"] is True
+    assert not any(f.startswith("llama2-7b/") for f in tree.files)
+    assert 'load_dataset("ORG/NAME", "mistral-7b"' in card.text  # no repo id given
+
+
+def test_license_is_inherited_from_the_reflections(tmp_path):
+    work = make_workdir(tmp_path / "work", students=("llama2-7b",), rows=3, license="apache-2.0")
+    tree = write_release_tree(work, tmp_path / "t")
+    assert DatasetCard.load(tree.root / "README.md").data.license == "apache-2.0"
+
+
+def test_bad_inputs_are_typed_errors(workdir, tmp_path):
+    with pytest.raises(InputError, match="missing subset.parquet"):
+        write_release_tree(workdir, tmp_path / "a", students=["llama2-13b"])
+    with pytest.raises(ConfigError, match="reserved"):
+        write_release_tree(workdir, tmp_path / "b", students=["reflections"])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(ConfigError, match="must be empty, absent or an earlier release"):
+        write_release_tree(workdir, tmp_path / "busy")
+    assert (tmp_path / "busy" / "x").read_text() == "x"
+
+
+def test_rebuild_replaces_an_earlier_release_in_place(workdir, tmp_path):
+    first = write_release_tree(workdir, tmp_path / "dataset")
+    (tmp_path / "dataset" / "llama2-7b" / "train-00000-of-00002.parquet").write_bytes(b"stale shard")
+    second = write_release_tree(workdir, tmp_path / "dataset", students=["mistral-7b"])
+    assert second.root == first.root == tmp_path / "dataset"
+    on_disk = sorted(p.relative_to(second.root).as_posix() for p in second.root.rglob("*") if p.is_file())
+    assert on_disk == list(second.files)
+    assert not any(f.startswith("llama2-7b/") for f in on_disk)
+    assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no partial folder left behind
+
+
+def test_cli_to_dir_writes_the_tree_without_network(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
+    main(
+        [
+            "push",
+            "--repo",
+            REPO,
+            "--workdir",
+            str(workdir),
+            "--to-dir",
+            str(tmp_path / "out"),
+            "--student",
+            "llama2-7b",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "llama2-7b (default)" in out and "reflections" in out
+    card = DatasetCard.load(tmp_path / "out" / "README.md")
+    assert [c["config_name"] for c in card.data.configs if c.get("default")] == ["llama2-7b"]
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text)
+    assert images and all((tmp_path / "out" / p).is_file() for p in images)
+
+
+def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--repo", REPO, "--workdir", str(tmp_path / "nowhere"), "--to-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reflections.parquet" in err[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--repo", "noslash", "--workdir", str(tmp_path), "--to-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
