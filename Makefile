@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 TORCH := torch==2.13.0
-LLAMA_CPP := llama-cpp-python[server]==0.3.16
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
 
 .PHONY: setup demo test lint bench clean
 

@@ -187,6 +187,7 @@ def _convert_gguf(folder: str, gguf_file: str) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     logger.info("converting %s to safetensors once (cached in %s)", gguf_file, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
@@ -238,11 +239,22 @@ def load_model(spec: StudentSpec, *, dtype: str, device: str = "cpu") -> Any:
     return _load_model(pretrained_path(spec), spec.revision or None, dtype, device)
 
 
+def _quiet_transformers() -> None:
+    """transformers draws its own loading bars; keep them only where ours are shown."""
+    from transformers.utils import logging as hf_logging
+
+    from recycled_datasets.progress import progress_enabled
+
+    if not progress_enabled():
+        hf_logging.disable_progress_bar()
+
+
 @functools.lru_cache(maxsize=2)
 def _load_model(path: str, revision: str | None, dtype: str, device: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, revision=revision, dtype=getattr(torch, dtype), attn_implementation="sdpa"

@@ -68,5 +68,16 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = RichHandler(console=Console(stderr=True), show_path=debug, show_time=False, rich_tracebacks=debug)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "aiohttp"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "urllib3",
+        "filelock",
+        "fsspec",
+        "datasets",
+        "huggingface_hub",
+        "aiohttp",
+    ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

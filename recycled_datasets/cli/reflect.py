@@ -1,9 +1,152 @@
-"""Placeholder until its issue lands; the owner replaces this whole file."""
+"""``srecycle reflect``: the teacher pass over a source file, resumable, into a reflections parquet."""
 
-from recycled_datasets.errors import ConfigError
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recycled_datasets.cli.options import MaxNewTokens, Quiet, SkipInvalid, Teacher
 
 
-def reflect() -> None:
-    """Not built yet."""
-    raise ConfigError("reflect is not built yet")
+def reflect(
+    input: Annotated[str, typer.Argument(help="Source rows: JSON, JSONL, parquet, a Hub-layout folder or Hub id.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the reflections table (.parquet).")],
+    teacher: Teacher = "local",
+    store: Annotated[
+        Path | None,
+        typer.Option("--store", help="Teacher answer store folder (default: a 'teacher' folder beside --output)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Requests in flight per server (default: the server's /info, else 16); local: batch size.",
+        ),
+    ] = None,
+    max_new_tokens: MaxNewTokens = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Reflect only the first N rows.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the number of calls and a token estimate; send nothing.")
+    ] = False,
+    skip_invalid: SkipInvalid = False,
+    api: Annotated[
+        str,
+        typer.Option("--api", help="chat (/v1/chat/completions, any server) or generate (TGI's native route)."),
+    ] = "chat",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="The teacher's tokenizer (students key, Hub id, folder): exact lengths."),
+    ] = None,
+    teacher_name: Annotated[
+        str | None, typer.Option("--teacher-name", help="Model name to cache answers under, if the server has none.")
+    ] = None,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy decoding.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Generation seed sent with every request.")] = 0,
+    prompt_instruction: Annotated[
+        Path | None, typer.Option("--prompt-instruction", help="Your instruction-reflection prompt file.")
+    ] = None,
+    prompt_response: Annotated[
+        Path | None, typer.Option("--prompt-response", help="Your response-reflection prompt file.")
+    ] = None,
+    prompt_version: Annotated[
+        str | None, typer.Option("--prompt-version", help="Name to cache answers of your prompts under.")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer.")] = 600.0,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", min=0, help="Retries per request (429, 5xx, timeouts, lost connections).")
+    ] = 8,
+    retry_rejected: Annotated[
+        bool, typer.Option("--retry-rejected", help="Resend requests the server refused (422) in an earlier run.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Ask the teacher for the ins, res and both variants of every source row; reruns reuse stored answers."""
+    from recycled_datasets.progress import console, set_quiet, setup_logging
 
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+
+    from rich.table import Table
+
+    from recycled_datasets.errors import ConfigError
+    from recycled_datasets.sources import read_source
+    from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
+
+    if output.suffix.lower() != ".parquet":
+        raise ConfigError(f"--output {output} must end in .parquet")
+    config = ReflectConfig(
+        teacher=teacher,
+        store_dir=store if store is not None else output.parent / "teacher",
+        concurrency=concurrency,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        temperature=temperature,
+        seed=seed,
+        instruction_prompt=prompt_instruction,
+        response_prompt=prompt_response,
+        prompt_version=prompt_version,
+        api=api,
+        tokenizer=tokenizer,
+        teacher_name=teacher_name,
+        timeout=timeout,
+        max_retries=max_retries,
+        retry_rejected=retry_rejected,
+    )
+    source = read_source(input, skip_invalid=skip_invalid, limit=limit)
+    table = Table(title="srecycle reflect" + (" (dry run)" if dry_run else ""), show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    if dry_run:
+        plan = plan_rows(source.rows, config)
+        table.add_row("rows", str(plan.rows))
+        table.add_row("teacher", plan.teacher_id)
+        table.add_row("prompt version", plan.prompt_version)
+        table.add_row("calls to send", str(plan.calls))
+        table.add_row("answers already stored", str(plan.cached) if plan.cache_checked else "not checked")
+        table.add_row("prompt tokens (estimate)", f"~{plan.prompt_tokens:,}")
+        table.add_row("output tokens (at most)", f"{plan.max_output_tokens:,}")
+        console().print(table)
+        return
+
+    result = reflect_rows(source.rows, config)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    result.table.write_parquet(tmp)
+    tmp.replace(output)
+    sidecar = output.with_suffix(".json")
+    sidecar.write_text(
+        json.dumps(
+            {
+                "teacher": result.teacher_id,
+                "teacher_revision": result.teacher_revision,
+                "prompt_version": result.prompt_version,
+                "source": str(input),
+                "rows": result.table.height,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    stats = result.stats
+    status_counts = {v: result.table.get_column(f"{v}_status").value_counts().rows() for v in ("ins", "res", "both")}
+    table.add_row("rows", str(stats.rows))
+    table.add_row("teacher", result.teacher_id)
+    table.add_row("prompt version", result.prompt_version)
+    table.add_row("requests sent", f"{stats.sent} ({stats.retries} retries{_reasons(stats.retry_reasons)})")
+    table.add_row("answers from the store", str(stats.cached))
+    table.add_row("unusable replies asked again", str(stats.parse_retries))
+    for variant, counts in status_counts.items():
+        table.add_row(f"{variant} status", ", ".join(f"{status} {n}" for status, n in sorted(counts)))
+    table.add_row("tokens (prompt / output)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}")
+    table.add_row("time", f"{stats.seconds:.1f} s")
+    table.add_row("written", f"{output} (+ {sidecar.name})")
+    console().print(table)
+
+
+def _reasons(reasons: dict[str, int]) -> str:
+    return (": " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))) if reasons else ""

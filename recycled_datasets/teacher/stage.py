@@ -1,0 +1,694 @@
+"""The reflect stage: source rows in, one row of four variants out per source row (SPEC 1 and 2).
+
+Per source row, three teacher calls: instruction reflection of ``ori`` -> ``ins``, response reflection of
+``ori`` -> ``res``, and response reflection of ``ins`` -> ``both``, sent as soon as ``ins`` is known. When
+``ins`` fell back to the original, ``both`` reflects the original pair instead (the very request ``res``
+sends, so it is asked once) and its detail says so.
+
+A reply whose sections cannot be used is asked once more, sampled (``retry_temperature``, seed + 1) because
+a greedy retry would return the same text; if that fails too, the variant falls back to the original field
+and the detail records which field and why. A request the server refuses (422) marks the variant failed.
+Every answer is looked up in the store before it is asked for and committed there as it arrives, so the
+stage can be killed at any point and rerun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recycled_datasets.errors import ConfigError, RecycledError
+from recycled_datasets.records import (
+    REFLECTION_COLUMNS,
+    STATUS_FAILED,
+    STATUS_FELL_BACK,
+    STATUS_OK,
+    SourceRow,
+)
+from recycled_datasets.teacher.client import (
+    APIS,
+    CallStats,
+    HttpTeacher,
+    Rejected,
+    RetryPolicy,
+    split_urls,
+    teacher_token,
+)
+from recycled_datasets.teacher.local import LocalTeacher, local_model_key
+from recycled_datasets.teacher.prompts import (
+    BETTER_ANSWER,
+    NEW_ANSWER,
+    NEW_INSTRUCTION,
+    PromptSet,
+    load_prompts,
+    parse_sections,
+)
+from recycled_datasets.teacher.store import ANSWER_OK, ANSWER_REJECTED, AnswerStore, request_key
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS_HTTP = 1024
+DEFAULT_MAX_NEW_TOKENS_LOCAL = 256
+
+
+def is_local(teacher: str) -> bool:
+    return teacher == "local" or teacher.startswith("local:")
+
+
+@dataclass
+class ReflectConfig:
+    """Everything the reflect stage needs besides the rows. The CLI fills the same fields.
+
+    Attributes:
+        teacher: server URL(s), comma-separated (``http://host:8080`` for TGI, ``http://host:port/v1`` for
+            OpenAI-compatible), or ``local[:MODEL]`` for the in-process transformers teacher.
+        store_dir: folder of the answer store (``DIR/teacher`` in a workdir).
+        concurrency: requests in flight per server (default: the server's ``max_concurrent_requests`` from
+            ``/info``, else 16); for the local teacher, the generation batch size (default 8).
+        max_new_tokens: output budget per call (default 1024 for servers, 256 for the local teacher), lowered
+            per request to what the server's context leaves after the prompt.
+        limit: reflect only the first N rows.
+        temperature: 0 is greedy decoding (the default and the paper's setting).
+        seed: generation seed sent with every request.
+        retry_temperature: sampling temperature of the one retry after an unusable reply when decoding is greedy.
+        instruction_prompt / response_prompt: the user's prompt files (see ``teacher/prompts.py``).
+        prompt_version: the name answers are cached under (default: the packaged version, or a hash of the
+            user's prompt files).
+        api: ``chat`` (``/v1/chat/completions``, every server) or ``generate`` (TGI's native route with the
+            teacher's chat template applied here; needs ``tokenizer`` or a Hub model id the server reports).
+        tokenizer: the teacher's tokenizer (students-table key, Hub id or folder), for exact prompt lengths.
+        teacher_name: the model name to cache answers under when the server does not report one.
+        timeout: seconds to wait for one answer before retrying it.
+        health_timeout: seconds to wait at start for the servers to report healthy.
+        max_retries: retries per request for 429, 5xx, timeouts and dropped connections.
+        backoff_base / backoff_max: the retry delay is ``backoff_base * 2**attempt`` (jittered), capped.
+        durable: fsync every committed answer (survives power loss, not only a killed process).
+        retry_rejected: resend requests the server refused before (after raising its limits).
+        progress: show a progress bar (still off when not on a terminal or with ``--quiet``).
+    """
+
+    teacher: str = "local"
+    store_dir: Path = Path("teacher")
+    concurrency: int | None = None
+    max_new_tokens: int | None = None
+    limit: int | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    retry_temperature: float = 0.7
+    instruction_prompt: Path | None = None
+    response_prompt: Path | None = None
+    prompt_version: str | None = None
+    api: str = "chat"
+    tokenizer: str | None = None
+    teacher_name: str | None = None
+    timeout: float = 600.0
+    health_timeout: float = 300.0
+    max_retries: int = 8
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    durable: bool = True
+    retry_rejected: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir)
+        if not self.teacher.strip():
+            raise ConfigError("--teacher is empty: give a server URL or local[:MODEL]")
+        if is_local(self.teacher):
+            local_model_key(self.teacher)
+        else:
+            split_urls(self.teacher)
+        if self.api not in APIS:
+            raise ConfigError(f"unknown --api {self.api!r}: choose {' or '.join(APIS)}")
+        for name in ("concurrency", "max_new_tokens", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        if self.temperature < 0 or self.retry_temperature < 0:
+            raise ConfigError("temperatures must be >= 0 (0 is greedy decoding)")
+        if self.timeout <= 0 or self.health_timeout <= 0:
+            raise ConfigError("timeouts must be positive numbers of seconds")
+        if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_max < 0:
+            raise ConfigError("max_retries and the backoff delays must be >= 0")
+
+    @property
+    def output_budget(self) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return DEFAULT_MAX_NEW_TOKENS_LOCAL if is_local(self.teacher) else DEFAULT_MAX_NEW_TOKENS_HTTP
+
+
+@dataclass
+class ReflectStats:
+    """Counts of one run. ``sent`` includes retries; ``cached`` answers were read from the store."""
+
+    rows: int = 0
+    sent: int = 0
+    cached: int = 0
+    shared: int = 0  # identical requests asked once for several variants or rows
+    retries: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+    parse_retries: int = 0
+    fallbacks: int = 0  # variants that fell back to an original field
+    failures: int = 0  # variants whose request was refused
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ReflectResult:
+    """The reflections table (``REFLECTION_COLUMNS``, source order), run counts, and what made them."""
+
+    table: Any  # polars.DataFrame
+    stats: ReflectStats
+    teacher_id: str
+    teacher_revision: str
+    prompt_version: str
+
+
+@dataclass
+class ReflectPlan:
+    """What a run would cost (``--dry-run``): calls not yet in the store and a token estimate."""
+
+    rows: int
+    calls: int
+    cached: int
+    prompt_tokens: int
+    max_output_tokens: int
+    teacher_id: str
+    prompt_version: str
+    cache_checked: bool
+
+
+@dataclass
+class _Meter:
+    """The progress bar of a run: calls done out of calls planned, requests/s sent and retries so far."""
+
+    bar: Any = None  # rich.progress.Progress, or None without a display
+    task: Any = None
+    started: float = field(default_factory=time.monotonic)
+
+    def done(self, calls: CallStats) -> None:
+        if self.bar is not None:
+            rate = calls.sent / max(time.monotonic() - self.started, 1e-9)
+            self.bar.update(self.task, advance=1, rate=f"{rate:.1f}", retries=calls.retries)
+
+    def one_more(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.bar.tasks[self.task].total + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One variant's result: parsed fields, or why it fell back, or why the server refused it."""
+
+    fields: dict[str, str] | None = None
+    fallback: str | None = None
+    rejected: str | None = None
+
+
+def _joined(instruction: str, input: str) -> str:
+    return f"{instruction}\n{input}" if input else instruction
+
+
+def _make_teacher(config: ReflectConfig, *, health_timeout: float | None = None) -> HttpTeacher | LocalTeacher:
+    if is_local(config.teacher):
+        return LocalTeacher(local_model_key(config.teacher), batch_size=config.concurrency)
+    tokenizer = _load_tokenizer(config.tokenizer) if config.tokenizer else None
+    return HttpTeacher(
+        split_urls(config.teacher),
+        api=config.api,
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+        health_timeout=health_timeout or config.health_timeout,
+        retry=RetryPolicy(max_retries=config.max_retries, base=config.backoff_base, cap=config.backoff_max),
+        teacher_name=config.teacher_name,
+        tokenizer=tokenizer,
+        token=teacher_token(),
+        seed=config.seed,
+    )
+
+
+def _load_tokenizer(name: str) -> Any:
+    """The teacher's tokenizer from a students-table key, a folder or a Hub id."""
+    from recycled_datasets.models import load_tokenizer, resolve_student, students_table
+
+    if name in students_table():
+        return load_tokenizer(resolve_student(name))
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # OSError, ValueError, HTTP errors...
+        raise ConfigError(f"could not load the teacher tokenizer {name!r}: {type(e).__name__}: {e}") from e
+
+
+async def _start(config: ReflectConfig, teacher: HttpTeacher | LocalTeacher, *, generate: bool = True) -> None:
+    if isinstance(teacher, LocalTeacher):
+        await teacher.start(generate=generate)
+    else:
+        await teacher.start()
+    if isinstance(teacher, HttpTeacher) and teacher.api == "generate" and teacher.tokenizer is None:
+        teacher.tokenizer = await asyncio.to_thread(_load_tokenizer, teacher.teacher_id)
+
+
+def teacher_identity(config: ReflectConfig) -> tuple[str, str]:
+    """(teacher id, prompt version) as a run with ``config`` records them; asks the server for its model name."""
+    prompts = load_prompts(config.instruction_prompt, config.response_prompt, config.prompt_version)
+    if is_local(config.teacher):
+        return LocalTeacher(local_model_key(config.teacher)).teacher_id, prompts.version
+
+    async def ask() -> str:
+        teacher = _make_teacher(config)
+        await teacher.start()
+        await teacher.close()
+        return teacher.teacher_id
+
+    return asyncio.run(ask()), prompts.version
+
+
+class _Run:
+    """The state of one reflect run: teacher, store, prompts, counters, and requests in flight."""
+
+    def __init__(
+        self,
+        config: ReflectConfig,
+        teacher: HttpTeacher | LocalTeacher,
+        store: AnswerStore,
+        prompts: PromptSet,
+        meter: _Meter,
+    ):
+        self.config = config
+        self.teacher = teacher
+        self.store = store
+        self.prompts = prompts
+        self.calls = CallStats()
+        self.stats = ReflectStats()
+        self.meter = meter
+        self._inflight: dict[str, asyncio.Future[tuple[str, str | None]]] = {}
+        self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="answer-store")
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
+
+    def _sampling(self, attempt: int) -> tuple[float, int]:
+        if attempt == 0:
+            return self.config.temperature, self.config.seed
+        retry_temperature = self.config.temperature or self.config.retry_temperature
+        return retry_temperature, self.config.seed + attempt
+
+    async def _store(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # SQLite work runs in the store's own thread: an fsync per answer must not stall the event loop that
+        # keeps the other requests of the window moving.
+        return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(call, *args, **kwargs))
+
+    async def ask(self, prompt: str, attempt: int) -> tuple[str, str | None]:
+        """(reply text, finish reason) of one request: from the store, from a twin in flight, or from the teacher.
+
+        The request is registered as in flight before the store is read and stays so until its answer is
+        committed, so an identical request (the ``both`` of a row whose ``ins`` fell back, a duplicate row)
+        always finds either the one in flight or the stored answer, and is never paid for twice.
+        """
+        temperature, seed = self._sampling(attempt)
+        try:
+            payload = self.teacher.prepare(
+                prompt, max_new_tokens=self.config.output_budget, temperature=temperature, seed=seed
+            )
+        except Rejected:
+            self.meter.done(self.calls)
+            raise
+        key = request_key(self.teacher.cache_id, self.prompts.version, payload)
+        twin = self._inflight.get(key)
+        if twin is not None:
+            self.stats.shared += 1
+            self.meter.done(self.calls)
+            return await asyncio.shield(twin)
+        future: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        self._inflight[key] = future
+        try:
+            answer = await self._answer(key, payload)
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(e)
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            del self._inflight[key]
+            self.meter.done(self.calls)
+
+    async def _answer(self, key: str, payload: dict[str, Any]) -> tuple[str, str | None]:
+        stored = await self._store(self.store.get, key)
+        if stored is not None:
+            self.stats.cached += 1
+            if stored.status == ANSWER_REJECTED:
+                raise Rejected(stored.error or "refused by the teacher")
+            return stored.text or "", stored.finish_reason
+        record = {"teacher": self.teacher.cache_id, "prompt_version": self.prompts.version, "request": payload}
+        try:
+            reply = await self.teacher.complete(payload, self.calls)
+        except Rejected as e:
+            await self._store(self.store.put, key, **record, status=ANSWER_REJECTED, error=e.reason)
+            raise
+        await self._store(
+            self.store.put,
+            key,
+            **record,
+            status=ANSWER_OK,
+            text=reply.text,
+            finish_reason=reply.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+        )
+        return reply.text, reply.finish_reason
+
+    async def reflect(
+        self, render: Callable[[], str], parse: Callable[[str], tuple[dict[str, str] | None, str | None]]
+    ) -> _Outcome:
+        """Ask, parse, ask once more if unusable, else report the fallback with both reasons."""
+        reasons = []
+        prompt = render()
+        for attempt in range(2):
+            try:
+                text, finish = await self.ask(prompt, attempt)
+            except Rejected as e:
+                prior = f" (after {reasons[0]})" if reasons else ""
+                return _Outcome(rejected=f"{e.reason}{prior}")
+            fields, why = parse(text)
+            if fields is not None:
+                return _Outcome(fields=fields)
+            cut = " (the reply ran out of tokens)" if finish == "length" else ""
+            reasons.append(f"attempt {attempt + 1}: {why}{cut}")
+            if attempt == 0:
+                self.stats.parse_retries += 1
+                self.meter.one_more()
+        return _Outcome(fallback="; ".join(reasons))
+
+    def parse_instruction(self, text: str) -> tuple[dict[str, str] | None, str | None]:
+        ph = self.prompts.placeholders
+        instruction = parse_sections(text, NEW_INSTRUCTION, ph.get(NEW_INSTRUCTION, ()))
+        answer = parse_sections(text, NEW_ANSWER, ph.get(NEW_ANSWER, ()))
+        if instruction.ok and answer.ok:
+            return {"instruction": instruction.text or "", "output": answer.text or ""}, None
+        return None, "; ".join(r for r in (instruction.reason, answer.reason) if r)
+
+    def parse_response(self, text: str) -> tuple[dict[str, str] | None, str | None]:
+        answer = parse_sections(text, BETTER_ANSWER, self.prompts.placeholders.get(BETTER_ANSWER, ()))
+        return ({"output": answer.text or ""}, None) if answer.ok else (None, answer.reason)
+
+    async def row(self, row: SourceRow) -> dict[str, Any]:
+        async def response_reflection(instruction: str, input: str, output: str) -> _Outcome:
+            return await self.reflect(
+                lambda: self.prompts.render_response(instruction, input, output), self.parse_response
+            )
+
+        async def ins_then_both() -> tuple[_Outcome, _Outcome]:
+            ins = await self.reflect(
+                lambda: self.prompts.render_instruction(row.instruction, row.input, row.output),
+                self.parse_instruction,
+            )
+            if ins.fields is not None:
+                both = await response_reflection(ins.fields["instruction"], "", ins.fields["output"])
+            else:
+                both = await response_reflection(row.instruction, row.input, row.output)
+            return ins, both
+
+        async with asyncio.TaskGroup() as group:
+            first = group.create_task(ins_then_both())
+            res_task = group.create_task(response_reflection(row.instruction, row.input, row.output))
+        ins, both = first.result()
+        return self.record(row, ins, res_task.result(), both)
+
+    def record(self, row: SourceRow, ins: _Outcome, res: _Outcome, both: _Outcome) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": row.id,
+            "source_index": row.index,
+            "ori_instruction": row.instruction,
+            "ori_input": row.input,
+            "ori_output": row.output,
+        }
+        folded = " (the input is folded into the instruction: the ins variant has no input)" if row.input else ""
+        # ins
+        ins_detail: str | None = None
+        if ins.fields is not None:
+            ins_instruction, ins_output, ins_status = ins.fields["instruction"], ins.fields["output"], STATUS_OK
+        else:
+            ins_instruction, ins_output = _joined(row.instruction, row.input), row.output
+            if ins.rejected is not None:
+                ins_status = STATUS_FAILED
+                ins_detail = f"teacher refused the request: {ins.rejected}; fields hold the originals{folded}"
+            else:
+                ins_status = STATUS_FELL_BACK
+                ins_detail = (
+                    f"ins_instruction and ins_output fell back to the original pair, since a new instruction is only "
+                    f"kept with its own answer{folded}: {ins.fallback}"
+                )
+        out.update(
+            ins_instruction=ins_instruction,
+            ins_input="",
+            ins_output=ins_output,
+            ins_status=ins_status,
+            ins_detail=ins_detail,
+        )
+        # res
+        res_output, res_status, res_detail = self._response_fields(res, row.output, "res_output")
+        out.update(
+            res_instruction=row.instruction,
+            res_input=row.input,
+            res_output=res_output,
+            res_status=res_status,
+            res_detail=res_detail,
+        )
+        # both: the response reflection of ins, or of the original pair when ins has none
+        both_output, both_status, both_detail = self._response_fields(both, ins_output, "both_output")
+        if ins.fields is None:
+            note = (
+                f"both_instruction fell back with ins ({ins_status}), so both reflects the original pair "
+                f"(the same request as res)"
+            )
+            if both_status == STATUS_OK:
+                both_status, both_detail = STATUS_FELL_BACK, note
+            else:
+                both_detail = f"{note}; {both_detail}"
+        out.update(
+            both_instruction=ins_instruction,
+            both_input="",
+            both_output=both_output,
+            both_status=both_status,
+            both_detail=both_detail,
+        )
+        for variant in ("ins", "res", "both"):
+            if out[f"{variant}_status"] == STATUS_FELL_BACK:
+                self.stats.fallbacks += 1
+            elif out[f"{variant}_status"] == STATUS_FAILED:
+                self.stats.failures += 1
+        return out
+
+    @staticmethod
+    def _response_fields(outcome: _Outcome, original: str, name: str) -> tuple[str, str, str | None]:
+        if outcome.fields is not None:
+            return outcome.fields["output"], STATUS_OK, None
+        if outcome.rejected is not None:
+            detail = f"teacher refused the request: {outcome.rejected}; {name} holds the original"
+            return original, STATUS_FAILED, detail
+        return original, STATUS_FELL_BACK, f"{name} fell back to the original: {outcome.fallback}"
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    # The first caller re-raises the error itself; twins waiting on the future get it too. Reading it here
+    # keeps asyncio from reporting it a second time as "never retrieved" when no twin was waiting.
+    if not future.cancelled():
+        future.exception()
+
+
+def _table(records: list[dict[str, Any]]) -> Any:
+    import polars as pl
+
+    schema = {name: pl.String for name in REFLECTION_COLUMNS}
+    schema["source_index"] = pl.Int64
+    return pl.DataFrame(records, schema=schema).select(REFLECTION_COLUMNS)
+
+
+def _first_user_error(group: BaseExceptionGroup) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_user_error(error)
+        if isinstance(error, RecycledError):
+            return error
+    return group.exceptions[0]
+
+
+async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) -> tuple[list[dict[str, Any]], _Run]:
+    prompts = load_prompts(config.instruction_prompt, config.response_prompt, config.prompt_version)
+    teacher = _make_teacher(config)
+    with AnswerStore.open(config.store_dir, durable=config.durable) as store:
+        if config.retry_rejected:
+            dropped = store.forget_rejected()
+            if dropped:
+                logger.info("resending %d requests the teacher refused before", dropped)
+        await _start(config, teacher)
+        run = _Run(config, teacher, store, prompts, meter)
+        records: list[dict[str, Any] | None] = [None] * len(rows)
+        # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
+        rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
+
+        async def one(i: int, row: SourceRow) -> None:
+            try:
+                records[i] = await run.row(row)
+            finally:
+                rows_in_flight.release()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i, row in enumerate(rows):
+                    await rows_in_flight.acquire()
+                    group.create_task(one(i, row))
+        except BaseExceptionGroup as group_error:
+            raise _first_user_error(group_error) from group_error
+        finally:
+            await teacher.close()
+            run.close()  # waits for the last commit before the store closes
+    return [r for r in records if r is not None], run
+
+
+def reflect_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectResult:
+    """Reflect ``rows`` with the teacher of ``config``; see the module doc.
+
+    Returns the reflections table (one row per source row, in order) and the run's counts. Raises
+    :class:`~recycled_datasets.errors.TeacherError` when the teacher is unreachable or keeps failing; every
+    answer received before that is in the store, and a rerun asks only for the rest.
+    """
+    from rich.progress import TextColumn
+
+    from recycled_datasets.progress import progress
+
+    rows = rows[: config.limit] if config.limit else list(rows)
+    if not rows:
+        raise ConfigError("no source rows to reflect")
+    columns = (TextColumn("{task.fields[rate]} calls/s"), TextColumn("retries {task.fields[retries]}"))
+    meter = _Meter()
+    with progress(*columns) if config.progress else contextlib.nullcontext() as bar:
+        if bar is not None:
+            meter.bar, meter.task = bar, bar.add_task("teacher calls", total=3 * len(rows), rate="-", retries=0)
+        records, run = asyncio.run(_run_all(rows, config, meter))
+    stats = run.stats
+    stats.rows = len(rows)
+    stats.sent = run.calls.sent
+    stats.retries = run.calls.retries
+    stats.retry_reasons = dict(run.calls.retry_reasons)
+    stats.prompt_tokens = run.calls.prompt_tokens
+    stats.completion_tokens = run.calls.completion_tokens
+    stats.seconds = round(time.monotonic() - meter.started, 3)
+    logger.info(
+        "reflected %d rows: %d calls sent (%d retries), %d from the store, %d fallbacks, %d failures",
+        stats.rows,
+        stats.sent,
+        stats.retries,
+        stats.cached,
+        stats.fallbacks,
+        stats.failures,
+    )
+    return ReflectResult(
+        table=_table(records),
+        stats=stats,
+        teacher_id=run.teacher.teacher_id,
+        teacher_revision=run.teacher.teacher_revision,
+        prompt_version=run.prompts.version,
+    )
+
+
+def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
+    """What ``reflect_rows`` would send (``--dry-run``): calls not in the store yet, and a token estimate.
+
+    The estimate counts about four characters per prompt token and the full output budget per call. The
+    ``both`` call of a row whose ``ins`` answer is stored is checked against the store too; otherwise it is
+    counted as one more call.
+    """
+    rows = rows[: config.limit] if config.limit else list(rows)
+    prompts = load_prompts(config.instruction_prompt, config.response_prompt, config.prompt_version)
+    budget = config.output_budget
+
+    async def check() -> ReflectPlan:
+        teacher = _make_teacher(config, health_timeout=min(config.health_timeout, 10.0))
+        checked = True
+        try:
+            await _start(config, teacher, generate=False)
+        except RecycledError as e:
+            logger.warning("store not checked: %s", e)
+            checked = False
+        calls = cached = prompt_chars = 0
+        store = AnswerStore.open(config.store_dir, durable=False) if checked else None
+        try:
+            for row in rows:
+                ins_prompt = prompts.render_instruction(row.instruction, row.input, row.output)
+                res_prompt = prompts.render_response(row.instruction, row.input, row.output)
+                both_prompt = res_prompt
+                for prompt in (ins_prompt, res_prompt):
+                    prompt_chars += len(prompt)
+                    hit = _lookup(store, teacher, prompts, prompt, config) if store else None
+                    cached += hit is not None
+                    calls += hit is None
+                    if prompt is ins_prompt and hit is not None and hit.text is not None:
+                        instruction = parse_sections(hit.text, NEW_INSTRUCTION)
+                        answer = parse_sections(hit.text, NEW_ANSWER)
+                        if instruction.ok and answer.ok:
+                            both_prompt = prompts.render_response(instruction.text or "", "", answer.text or "")
+                prompt_chars += len(both_prompt)
+                hit = _lookup(store, teacher, prompts, both_prompt, config) if store else None
+                cached += hit is not None
+                calls += hit is None
+        finally:
+            if store is not None:
+                store.close()
+            await teacher.close()
+        return ReflectPlan(
+            rows=len(rows),
+            calls=calls,
+            cached=cached,
+            prompt_tokens=prompt_chars // 4,
+            max_output_tokens=calls * budget,
+            teacher_id=teacher.teacher_id or config.teacher,
+            prompt_version=prompts.version,
+            cache_checked=checked,
+        )
+
+    return asyncio.run(check())
+
+
+def _lookup(
+    store: AnswerStore, teacher: HttpTeacher | LocalTeacher, prompts: PromptSet, prompt: str, config: ReflectConfig
+) -> Any:
+    try:
+        payload = teacher.prepare(
+            prompt, max_new_tokens=config.output_budget, temperature=config.temperature, seed=config.seed
+        )
+    except Rejected:
+        return None  # too long for the server: counted as a call, which the run will record as refused
+    return store.get(request_key(teacher.cache_id, prompts.version, payload))
+
+
+__all__ = [
+    "ReflectConfig",
+    "ReflectPlan",
+    "ReflectResult",
+    "ReflectStats",
+    "plan_rows",
+    "reflect_rows",
+    "teacher_identity",
+]

@@ -1,0 +1,42 @@
+"""Client pieces a user meets directly: retry delays, Retry-After, teacher URLs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from recycled_datasets.errors import ConfigError
+from recycled_datasets.teacher.client import RetryPolicy, _retry_after, split_urls
+
+
+class _Response:
+    def __init__(self, value: str):
+        self.headers = {"retry-after": value}
+
+
+def test_backoff_grows_exponentially_with_jitter_and_stays_under_the_cap():
+    policy = RetryPolicy(max_retries=8, base=1.0, cap=10.0)
+    rng = random.Random(0)
+    delays = [[policy.delay(attempt, None, rng) for _ in range(200)] for attempt in range(6)]
+    for attempt, draws in enumerate(delays[:4]):
+        nominal = 2**attempt
+        assert all(nominal / 2 <= d <= nominal for d in draws)
+        assert len({round(d, 6) for d in draws}) > 100  # jittered: clients do not retry in lockstep
+    assert all(d <= 10.0 for d in delays[5])
+
+
+def test_server_retry_after_is_honoured_up_to_the_cap():
+    policy = RetryPolicy(base=0.01, cap=30.0)
+    rng = random.Random(0)
+    assert policy.delay(0, 5.0, rng) >= 5.0
+    assert policy.delay(0, 500.0, rng) <= 30.0
+    assert _retry_after(_Response("7")) == 7.0
+    assert _retry_after(_Response("Wed, 21 Oct 2099 07:28:00 GMT")) > 0
+    assert _retry_after(_Response("soon")) is None
+
+
+def test_teacher_urls_are_checked_and_split():
+    assert split_urls("http://a:8080/, https://b/v1") == ["http://a:8080", "https://b/v1"]
+    with pytest.raises(ConfigError, match="must start with http"):
+        split_urls("localhost:8080")
