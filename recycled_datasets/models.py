@@ -205,8 +205,10 @@ def _convert_gguf(folder: str, gguf_file: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, target)
-    except OSError:  # another process won the race: use its copy
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # not another process's finished copy: a real failure
+            raise
     return target
 
 

@@ -153,12 +153,14 @@ def test_help_is_instant_without_heavy_imports():
     code = (
         "import sys\n"
         "from recycled_datasets.cli import main\n"
-        "for args in (['--help'], ['score', '--help'], ['build', '--help'], ['reflect', '--help'], ['push', '--help']):\n"
+        "commands = ['score', 'build', 'reflect', 'push', 'push-model', 'finetune', 'demo', 'select']\n"
+        "for args in [['--help']] + [[c, '--help'] for c in commands]:\n"
         "    try:\n"
         "        main(args)\n"
         "    except SystemExit as e:\n"
         "        assert e.code == 0, (args, e.code)\n"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'polars', 'huggingface_hub', 'trl') if m in sys.modules]\n"
+        "names = ('torch', 'transformers', 'datasets', 'polars', 'huggingface_hub', 'trl', 'matplotlib')\n"
+        "heavy = [m for m in names if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -172,3 +172,55 @@ def test_batches_respect_the_token_budget():
 def test_score_frame_schema(student):
     frame = score_pairs(PAIRS[:2], student, ScoreConfig(template="none", dtype="bfloat16", max_length=128))
     assert frame.schema["ifd"] == pl.Float64 and frame.schema["n_response_tokens"] == pl.Int32
+
+
+def _hand_loss(model, ids, start, n):
+    """Mean NLL of ids[start:start+n] from the model's own labels path (written out per SPEC 3)."""
+    import torch
+
+    x = torch.tensor([ids])
+    labels = torch.full_like(x, -100)
+    labels[0, start : start + n] = x[0, start : start + n]
+    with torch.inference_mode():
+        return float(model(input_ids=x, labels=labels).loss)
+
+
+def test_token_layout_follows_spec_by_hand_including_truncation(student):
+    """[BOS] + ids(prompt) + ids(target), truncated on the right; the direct pass scores the same n tokens."""
+    from recycled_datasets.templates import instruction_target, render_prompt, reverse_request
+
+    tokenizer, model = load_tokenizer(student), load_model(student, dtype="float32")
+    pair = PAIRS[2]
+    bos = tokenizer.bos_token_id
+
+    def enc(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompt, response = enc(render_prompt("alpaca", pair.instruction, pair.input)), enc(pair.output)
+    rev, instruction = (
+        enc(render_prompt("alpaca", reverse_request(pair.output))),
+        enc(instruction_target(pair.instruction)),
+    )
+    max_length = 1 + len(prompt) + len(response) - 3  # cut three response tokens off
+    frame = score_pairs([pair], student, ScoreConfig(template="alpaca", dtype="float32", max_length=max_length))
+    row = frame.row(0, named=True)
+    n = len(response) - 3
+    assert row["n_response_tokens"] == n and row["n_prompt_tokens"] == len(prompt)
+    cond = _hand_loss(model, [bos, *prompt, *response][:max_length], 1 + len(prompt), n)
+    direct = _hand_loss(model, [bos, *response[:n]], 1, n)
+    assert row["loss_response_cond"] == pytest.approx(cond, rel=1e-5)
+    assert row["loss_response_direct"] == pytest.approx(direct, rel=1e-5)
+    assert row["ifd"] == pytest.approx(math.exp(cond - direct), rel=1e-5)
+    # The reverse prompt holds the whole response, so the instruction side is cut at the same max_length.
+    n_i = max(0, min(len(instruction), max_length - 1 - len(rev)))
+    assert row["n_instruction_tokens"] == n_i
+    if n_i == 0:
+        assert row["rifd"] is None and "prompt fills max_length" in row["reason"]
+    full = score_pairs([pair], student, ScoreConfig(template="alpaca", dtype="float32", max_length=2048)).row(
+        0, named=True
+    )
+    i_cond = _hand_loss(model, [bos, *rev, *instruction], 1 + len(rev), len(instruction))
+    i_direct = _hand_loss(model, [bos, *instruction], 1, len(instruction))
+    assert full["loss_instruction_cond"] == pytest.approx(i_cond, rel=1e-5)
+    assert full["loss_instruction_direct"] == pytest.approx(i_direct, rel=1e-5)
+    assert full["rifd"] == pytest.approx(math.exp(i_cond - i_direct), rel=1e-5)

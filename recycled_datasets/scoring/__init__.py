@@ -8,7 +8,6 @@ run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -19,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recycled_datasets.errors import ConfigError
+from recycled_datasets.errors import ConfigError, StoreError
 from recycled_datasets.models import DTYPES, StudentSpec, load_model, load_tokenizer, pretrained_path
 from recycled_datasets.records import SCORE_COLUMNS, Pair
+from recycled_datasets.scoring.plan import LOSS_NAMES
 from recycled_datasets.templates import validate_template
 
 if TYPE_CHECKING:
@@ -169,19 +169,22 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
             import torch.distributed as td
 
             td.barrier()
-        if not dist.main:
-            return None
-        losses = store.load()
-        frame = _assemble(plans, losses)
-        return frame
+        frame = _assemble(plans, store.load()) if dist.main else None
+    except BaseException:
+        if distributed:  # no barrier here: the other ranks may be gone; torchrun tears the group down
+            import torch.distributed as td
+
+            td.destroy_process_group()
+        raise
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
-        if distributed:
-            import torch.distributed as td
+    if distributed:
+        import torch.distributed as td
 
-            td.barrier()
-            td.destroy_process_group()
+        td.barrier()  # rank 0 has read every shard; the others may exit now
+        td.destroy_process_group()
+    return frame
 
 
 def _run(
@@ -223,9 +226,18 @@ def _assemble(plans: list, losses: dict[str, float]) -> pl.DataFrame:
 
     columns: dict[str, list] = {name: [] for name in SCORE_COLUMNS}
     for plan in plans:
-        values = [losses.get(key) if key is not None else None for key in plan.jobs]
+        missing = [
+            name for name, key in zip(LOSS_NAMES, plan.jobs, strict=True) if key is not None and key not in losses
+        ]
+        if missing:
+            raise StoreError(
+                f"{', '.join(missing)} of a pair were never scored: the checkpoints are incomplete; rerun"
+            )
+        values = [losses[key] if key is not None else None for key in plan.jobs]
         bad = [
-            name for name, v, key in zip(_LOSSES, values, plan.jobs, strict=True) if key is not None and not _finite(v)
+            name
+            for name, v, key in zip(LOSS_NAMES, values, plan.jobs, strict=True)
+            if key is not None and not _finite(v)
         ]
         ifd_reason, rifd_reason = plan.ifd_reason, plan.rifd_reason
         if bad:
@@ -237,7 +249,7 @@ def _assemble(plans: list, losses: dict[str, float]) -> pl.DataFrame:
         rc, rd, ic, id_ = (v if _finite(v) else None for v in values)
         ifd = math.exp(rc - rd) if ifd_reason is None and rc is not None and rd is not None else None
         rifd = math.exp(ic - id_) if rifd_reason is None and ic is not None and id_ is not None else None
-        for name, value in zip(_LOSSES, (rc, rd, ic, id_), strict=True):
+        for name, value in zip(LOSS_NAMES, (rc, rd, ic, id_), strict=True):
             columns[name].append(value)
         columns["ifd"].append(ifd)
         columns["rifd"].append(rifd)
@@ -249,7 +261,7 @@ def _assemble(plans: list, losses: dict[str, float]) -> pl.DataFrame:
         columns["status"].append(STATUS_OK if ok else STATUS_MISSING)
         reasons = [f"ifd: {ifd_reason}" if ifd is None else None, f"rifd: {rifd_reason}" if rifd is None else None]
         columns["reason"].append("; ".join(r for r in reasons if r) or None)
-    schema = {name: pl.Float64 for name in ("ifd", "rifd", *_LOSSES)}
+    schema = {name: pl.Float64 for name in ("ifd", "rifd", *LOSS_NAMES)}
     schema |= {
         n: pl.Int32
         for n in ("n_response_tokens", "n_instruction_tokens", "n_prompt_tokens", "n_reverse_prompt_tokens")
@@ -258,20 +270,8 @@ def _assemble(plans: list, losses: dict[str, float]) -> pl.DataFrame:
     return pl.DataFrame(columns, schema=schema).select(SCORE_COLUMNS)
 
 
-_LOSSES = ("loss_response_cond", "loss_response_direct", "loss_instruction_cond", "loss_instruction_direct")
-
-
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
-
-
-def fingerprint(pairs: Sequence[Pair]) -> str:
-    """A content hash of a list of pairs (for cache folders keyed by input)."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update("\x1f".join((p.instruction, p.input, p.output)).encode())
-        h.update(b"\x1e")
-    return h.hexdigest()[:16]
 
 
 __all__ = ["ScoreConfig", "score_pairs", "dist_info", "STATUS_OK", "STATUS_MISSING"]

@@ -11,7 +11,8 @@ softmax mass — and the log-sum-exp is reduced in fp32. What stays in bf16 is t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from recycled_datasets.scoring.plan import Job
@@ -108,7 +109,6 @@ def score_batches(
     *,
     device: str,
     pad_id: int = 0,
-    on_batch: Callable[[list[Job], list[float]], None] | None = None,
 ) -> Iterator[tuple[list[Job], list[float]]]:
     """Yield (jobs, mean NLL per job) for each batch; losses are float64 Python numbers."""
     import torch
@@ -139,13 +139,7 @@ def score_batches(
             sums.index_add_(0, torch.tensor(owner, device=device), nll.to(torch.float64))
             counts = torch.tensor([j.n for j in batch], dtype=torch.float64, device=device)
             losses = (sums / counts).cpu().tolist()
-            if not all(map(_finite, losses)):
-                bad = [j.key for j, v in zip(batch, losses, strict=True) if not _finite(v)]
+            if not all(map(math.isfinite, losses)):
+                bad = [j.key for j, v in zip(batch, losses, strict=True) if not math.isfinite(v)]
                 logger.warning("%d sequences gave a non-finite loss (first key %s)", len(bad), bad[0])
-            if on_batch is not None:
-                on_batch(batch, losses)
             yield batch, losses
-
-
-def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))
