@@ -88,7 +88,9 @@ def main() -> None:
     results: list[tuple[str, float, float]] = []
     # The server runs in its own process, as a real one would: it must not share the client's interpreter lock.
     command = [sys.executable, str(SERVER), "--concurrency", str(c), "--median", str(args.median)]
-    server = subprocess.Popen([*command, "--sigma", str(args.sigma)], stdout=subprocess.PIPE, text=True)
+    # Two measured runs of 3 calls per row, plus warm-up, health checks and log reads: a bound with room.
+    command += ["--sigma", str(args.sigma), "--max-requests", str(8 * args.rows + 200)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()

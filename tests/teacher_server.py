@@ -5,7 +5,10 @@ It speaks TGI's routes (``/generate``, ``POST /``, ``/info``, ``/health``) and t
 (markers and all), and can misbehave on purpose: 429 bursts and random 429s, 503s, hanging answers (the client
 times out), dropped connections, bodies that are not JSON, and 422 refusals. It logs every generation request
 by content (prompt text + sampling settings) with what it did, so tests can prove that no stored answer was
-paid for twice.
+paid for twice, and the Authorization header of every request, so tests can prove which token reached it.
+
+It answers at most ``max_requests`` requests (then 503), every socket read has a timeout, and :meth:`stop`
+waits for the serving thread: a test that goes wrong cannot keep it busy or alive.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class TeacherServer:
         max_total_tokens: int | None = None,
         faults: Faults | None = None,
         unhealthy_for: float = 0.0,
+        max_requests: int = 5000,
     ):
         self.model = model
         self.tgi = tgi
@@ -134,6 +138,9 @@ class TeacherServer:
         self.max_total_tokens = max_total_tokens
         self.faults = faults or Faults()
         self.unhealthy_for = unhealthy_for
+        self.max_requests = max_requests
+        self.requests = 0  # every request, health checks included
+        self.authorizations: list[str | None] = []  # the Authorization header of each request, in order
         self.events: list[Event] = []
         self.latencies: list[float] = []
         self.inflight = 0
@@ -159,6 +166,9 @@ class TeacherServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
 
     def __enter__(self) -> TeacherServer:
         return self.start()
@@ -236,6 +246,21 @@ def _handler_for(server: TeacherServer) -> type[BaseHTTPRequestHandler]:
         # and delayed ACKs (40 ms stalls) on loopback.
         wbufsize = 1 << 16
         disable_nagle_algorithm = True
+        timeout = 30  # seconds a read may block: a client that went silent frees its thread
+
+        def parse_request(self) -> bool:
+            # Counted when the request line and headers are in, before any route sees the request.
+            if not super().parse_request():
+                return False
+            with server._lock:
+                server.requests += 1
+                server.authorizations.append(self.headers.get("Authorization"))
+                over = server.requests > server.max_requests
+            if over:
+                self.close_connection = True
+                self._send(503, {"error": "request budget of the test server exhausted"})
+                return False
+            return True
 
         def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
             return
@@ -410,9 +435,12 @@ def _serve_forever() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--median", type=float, default=0.15)
     parser.add_argument("--sigma", type=float, default=0.6)
+    parser.add_argument("--max-requests", type=int, default=20_000)
     args = parser.parse_args()
     server = TeacherServer(
-        max_concurrent_requests=args.concurrency, faults=Faults(latency=Lognormal(args.median, args.sigma))
+        max_concurrent_requests=args.concurrency,
+        faults=Faults(latency=Lognormal(args.median, args.sigma)),
+        max_requests=args.max_requests,
     ).start()
     print(server.url, flush=True)
     threading.Event().wait()

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from recycled_datasets.errors import ConfigError
-from recycled_datasets.teacher.client import RetryPolicy, _retry_after, split_urls
+from recycled_datasets.teacher.client import RetryPolicy, _retry_after, split_urls, teacher_token
 
 
 class _Response:
@@ -40,3 +40,24 @@ def test_teacher_urls_are_checked_and_split():
     assert split_urls("http://a:8080/, https://b/v1") == ["http://a:8080", "https://b/v1"]
     with pytest.raises(ConfigError, match="must start with http"):
         split_urls("localhost:8080")
+
+
+@pytest.mark.parametrize(
+    ("url", "gets_hf_token"),
+    [
+        ("https://abc123.us-east-1.aws.endpoints.huggingface.cloud", True),
+        ("https://user-teacher.hf.space/v1", True),
+        ("https://router.huggingface.co/v1", True),
+        ("http://abc123.us-east-1.aws.endpoints.huggingface.cloud", False),  # plain http: anyone on the way reads it
+        ("https://huggingface.co.attacker.example/v1", False),
+        ("https://not-huggingface.co/v1", False),
+        ("http://gpu-node-7:8080", False),
+    ],
+)
+def test_the_hugging_face_token_goes_only_to_hugging_face_hosts_over_https(url, gets_hf_token, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_sentinel")
+    monkeypatch.delenv("SRECYCLE_TEACHER_TOKEN", raising=False)
+    assert teacher_token(url) == ("hf_sentinel" if gets_hf_token else None)
+    monkeypatch.setenv("SRECYCLE_TEACHER_TOKEN", "mine")
+    assert teacher_token(url) == "mine"  # the teacher token is meant for the teacher servers, whichever they are
+    assert teacher_token(url, "explicit") == "explicit"

@@ -22,7 +22,6 @@ import pytest
 
 from recycled_datasets.records import REFLECTION_COLUMNS, STATUS_FAILED, STATUS_OK, VARIANTS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "alpaca" / "alpaca_cherry_5pct.json"
 CLI = [sys.executable, "-c", "from recycled_datasets.cli import main; main()"]
 
 
@@ -38,7 +37,8 @@ def posts(log: Path) -> int:
 
 
 @pytest.fixture
-def llama_server(tmp_path):
+def llama_server(tmp_path, alpaca_path):
+    # alpaca_path (tests/conftest.py) skips first when ../shared/data is absent: nothing is started for nothing.
     try:
         import llama_cpp.server  # noqa: F401
     except ImportError:
@@ -72,16 +72,15 @@ def llama_server(tmp_path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait(timeout=30)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_reflect_20_alpaca_rows_with_llama_cpp_then_rerun_sends_nothing(llama_server, tmp_path):
-    if not DATA.is_file():
-        pytest.skip(f"real Alpaca data not found at {DATA} (../shared/data is absent)")
+def test_reflect_20_alpaca_rows_with_llama_cpp_then_rerun_sends_nothing(alpaca_path, llama_server, tmp_path):
     url, log = llama_server
     out = tmp_path / "work" / "reflections.parquet"
-    args = ["reflect", str(DATA), "--limit", "20", "--teacher", f"{url}/v1", "--output", str(out)]
+    args = ["reflect", str(alpaca_path), "--limit", "20", "--teacher", f"{url}/v1", "--output", str(out)]
     args += ["--store", str(tmp_path / "work" / "teacher"), "--max-new-tokens", "64", "--concurrency", "2", "-q"]
     env = {**os.environ, "SRECYCLE_QUIET": "1"}
 
@@ -89,7 +88,7 @@ def test_reflect_20_alpaca_rows_with_llama_cpp_then_rerun_sends_nothing(llama_se
     assert first.returncode == 0, first.stderr
     table = pl.read_parquet(out)
     assert table.columns == list(REFLECTION_COLUMNS) and table.height == 20
-    source = json.loads(DATA.read_text())[:20]
+    source = json.loads(alpaca_path.read_text())[:20]
     assert table["ori_instruction"].to_list() == [r["instruction"] for r in source]
     for variant in VARIANTS:
         assert all(table[f"{variant}_instruction"].str.len_chars() > 0)

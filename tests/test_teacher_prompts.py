@@ -73,14 +73,21 @@ def test_missing_marker_is_a_failure_with_reason():
         ("[Better Answer] N/A [End]", "N/A"),
         ("[Better Answer]\n\n[End]", "empty"),
         ("[Better Answer] the improved answer goes here [End]", "placeholder"),
-        ("[Better Answer] <your improved answer> [End]", "placeholder"),
-        ("[Better Answer] ... [End]", "placeholder"),
+        ("[Better Answer] <the improved answer goes here> [End]", "placeholder"),
+        ("[Better Answer] ... [End]", "empty"),
     ],
 )
 def test_unusable_sections_fail_with_their_reason(reply, why):
     text, reason = parse(reply, BETTER_ANSWER)
     assert text is None
     assert why in reason
+
+
+@pytest.mark.parametrize("answer", ["None.", "[1, 2, 3]", '{"a": 1}', "<br> tags break lines in HTML."])
+def test_short_or_bracketed_answers_are_real_answers(answer):
+    # Only an empty section, N/A and the prompt's own placeholder words are failures (SPEC 2).
+    assert parse(f"[Better Answer] {answer} [End]", BETTER_ANSWER) == (answer, None)
+    assert parse(f"[New Instruction] Say it.\n[New Answer]\n{answer}\n[End]", NEW_ANSWER) == (answer, None)
 
 
 def test_echoed_prompt_layout_is_skipped_for_the_real_section():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,29 +88,39 @@ def test_four_variants_per_row_in_source_order_and_rerun_sends_nothing(server, t
     assert usage["ok_answers"] == 3 * len(ROWS) and usage["ok_completion_tokens"] == result.stats.completion_tokens
 
 
-def test_window_is_sized_from_info_and_never_exceeded(tmp_path):
+def test_window_is_sized_from_info_and_never_exceeded(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="recycled_datasets.teacher.client")
     with TeacherServer(max_concurrent_requests=3, faults=Faults(latency=0.05)) as srv:
         rows = assign_ids([(f"Question number {i}?", "", f"Answer {i}.") for i in range(12)])
         result = reflect_rows(rows, config(srv.url, tmp_path / "s"))
-        assert srv.max_inflight == 3  # the window filled up to /info's limit...
-        assert srv.outcomes()["429"] == 0  # ...and never beyond it
+        assert "window 3 (from /info)" in caplog.text  # the window is /info's limit...
+        assert srv.max_inflight <= 3 and srv.outcomes()["429"] == 0  # ...and the server never saw more
         assert result.stats.retries == 0
 
 
-def test_explicit_concurrency_below_the_server_limit_is_kept(tmp_path):
+def test_explicit_concurrency_below_the_server_limit_is_kept(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="recycled_datasets.teacher.client")
     with TeacherServer(max_concurrent_requests=8, faults=Faults(latency=0.05)) as srv:
         rows = assign_ids([(f"Question number {i}?", "", f"Answer {i}.") for i in range(8)])
         reflect_rows(rows, config(srv.url, tmp_path / "s", concurrency=2))
-        assert srv.max_inflight == 2
+        assert "window 2" in caplog.text
+        assert srv.max_inflight <= 2
 
 
 def test_faults_every_row_completes_retries_reported_and_no_answer_paid_twice(tmp_path):
-    faults = Faults(burst_429=6, p429=0.3, p503=0.08, p_hang=0.04, hang=4.0, p_drop=0.04, p_malformed=0.03, seed=7)
+    # A hang outlasts the client's timeout, which is generous so that a normal answer on a loaded machine
+    # is never mistaken for a lost one.
+    faults = Faults(burst_429=6, p429=0.3, p503=0.08, p_hang=0.02, hang=11.0, p_drop=0.04, p_malformed=0.03, seed=7)
     rows = assign_ids([(f"Explain topic {i} to a child.", "", f"Topic {i} is simple.") for i in range(20)])
     with TeacherServer(max_concurrent_requests=8, faults=faults) as srv:
-        result = reflect_rows(rows, config(srv.url, tmp_path / "s", timeout=1.5, max_retries=30))
+        result = reflect_rows(rows, config(srv.url, tmp_path / "s", timeout=10.0, max_retries=30))
         outcomes = srv.outcomes()
         answered = srv.answered()
+        # A rerun finds every answer stored: no stored request is ever sent again.
+        again = reflect_rows(rows, config(srv.url, tmp_path / "s", timeout=10.0, max_retries=30))
+        assert srv.generation_requests() == sum(outcomes.values()) and again.stats.sent == 0
+    with AnswerStore.open(tmp_path / "s") as store:
+        stored = [payload_content_key(req) for _, req in store.requests()]
     table = result.table
     assert table.height == 20
     for variant in ("ins", "res", "both"):
@@ -123,8 +134,11 @@ def test_faults_every_row_completes_retries_reported_and_no_answer_paid_twice(tm
     assert reasons["malformed"] == outcomes["malformed"]
     # A loaded machine can also time out or drop a request before the server logs it: at least these.
     assert reasons["timeout"] >= outcomes["hang"] and reasons["connection"] >= outcomes["drop"]
-    # No request was answered twice: nothing stored was asked again.
-    assert set(answered.values()) == {1} and len(answered) == 60
+    # Every stored answer is one the server delivered, one per request; an answer is paid twice only when
+    # the client had already given up on the first delivery (timed out or lost the connection).
+    assert len(stored) == len(set(stored)) == 60 and set(stored) == set(answered)
+    assert sum(answered.values()) - 60 <= reasons["timeout"] + reasons["connection"]
+    assert again.table.equals(table)
 
 
 def test_422_is_recorded_not_retried_and_not_resent(server, tmp_path):
@@ -268,6 +282,22 @@ def test_dry_run_counts_calls_and_stored_answers(server, tmp_path):
     assert teacher_identity(config(server.url, tmp_path / "s")) == ("fixture/teacher-7b", DEFAULT_PROMPT_VERSION)
 
 
+def test_dry_run_parses_stored_replies_like_the_run(tmp_path):
+    def reply(user_text: str, temperature: float) -> str:
+        if "[New Instruction]" in user_text:  # echoes the prompt's layout before the real sections
+            return (
+                "[New Instruction] the new instruction goes here [End]\n"
+                f"[New Instruction] Explain {len(user_text)} things in depth. [End]\n[New Answer] Here they are. [End]"
+            )
+        return "[Better Answer] A fuller answer. [End]"
+
+    with TeacherServer(faults=Faults(reply=reply)) as srv:
+        result = reflect_rows(ROWS[:2], config(srv.url, tmp_path / "s"))
+        plan = plan_rows(ROWS[:2], config(srv.url, tmp_path / "s"))
+    assert result.table["ins_instruction"].str.starts_with("Explain ").all()
+    assert (plan.calls, plan.cached) == (0, 6)  # the both requests the run made are the ones the plan finds
+
+
 def test_reflections_table_round_trips_through_parquet(server, tmp_path):
     result = reflect_rows(ROWS[:2], config(server.url, tmp_path / "s"))
     path = tmp_path / "reflections.parquet"
@@ -302,3 +332,22 @@ def test_prompt_over_the_servers_input_limit_is_refused_without_sending(tmp_path
     assert sent == 3  # only the short row reached the server
     # The short row's budget was cut to what the 500-token context leaves after its prompt.
     assert budgets and all(b < 300 for b in budgets)
+
+
+def test_hf_token_never_reaches_a_plain_teacher_server_only_the_teacher_token_does(server, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    stored_login = tmp_path / "hf_token"
+    stored_login.write_text("hf_STORED_LOGIN_SENTINEL", encoding="utf-8")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(stored_login))
+    monkeypatch.setenv("HF_TOKEN", "hf_ENV_TOKEN_SENTINEL")
+    monkeypatch.delenv("SRECYCLE_TEACHER_TOKEN", raising=False)
+    reflect_rows(ROWS[:1], config(server.url, tmp_path / "a"))
+    assert server.generation_requests() == 3
+    # No Authorization at all: neither $HF_TOKEN nor the stored login goes to a server that is not Hugging Face's.
+    assert set(server.authorizations) == {None}
+
+    monkeypatch.setenv("SRECYCLE_TEACHER_TOKEN", "teacher-secret")
+    before = len(server.authorizations)
+    reflect_rows(ROWS[:1], config(server.url, tmp_path / "b"))
+    assert set(server.authorizations[before:]) == {"Bearer teacher-secret"}

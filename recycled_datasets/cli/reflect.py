@@ -64,7 +64,11 @@ def reflect(
     ] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Ask the teacher for the ins, res and both variants of every source row; reruns reuse stored answers."""
+    """Ask the teacher for the ins, res and both variants of every source row; reruns reuse stored answers.
+
+    A server that wants a bearer token gets $SRECYCLE_TEACHER_TOKEN. $HF_TOKEN (or your stored Hugging Face
+    login) is sent only to Hugging Face hosts over https, never to your own servers.
+    """
     from recycled_datasets.progress import console, set_quiet, setup_logging
 
     setup_logging(quiet=quiet)

@@ -11,6 +11,12 @@ Each server gets one connection pool of the window's size, owned here: the Hub c
 cap it at 100 connections with 20 kept alive, and would refuse every URL, the user's own server included, when
 ``HF_HUB_OFFLINE`` is set (as it is on clusters without internet access, where teacher servers often run).
 
+Tokens: a teacher server gets ``$SRECYCLE_TEACHER_TOKEN`` (or the token passed in), and nothing else. The
+Hugging Face token (``$HF_TOKEN`` or the stored login) goes only to Hugging Face's own hosts over https (an
+Inference Endpoint, a Space, the router): it must never leak to a third-party or plain-http server. The Hub
+client would otherwise look up and send that token on its own, so our connection pool sets the Authorization
+header of every request itself, replacing whatever the library put there.
+
 Overload answers (429, 5xx), timeouts, dropped connections and garbled bodies are retried with jittered
 exponential backoff up to a bound. A request the server refuses for good (422, 400, 413) is not retried:
 it raises :class:`Rejected` and the stage records it. Wrong URLs and refused tokens stop the run
@@ -28,6 +34,7 @@ import logging
 import os
 import random
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +48,10 @@ APIS = ("chat", "generate")
 DEFAULT_CONCURRENCY = 16
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _REJECT_STATUS = {400, 413, 422}
+# Hosts (and their subdomains) that belong to Hugging Face: only these may receive the user's Hugging Face token.
+HF_HOSTS = ("huggingface.co", "hf.co", "hf.space", "huggingface.cloud")
+# What the Hub client is given as its token so that it never looks up the user's own (our pool replaces it).
+_NO_HUB_TOKEN = "srecycle-auth-set-by-the-connection-pool"
 
 
 class Rejected(Exception):
@@ -101,9 +112,48 @@ class RetryPolicy:
         return wait
 
 
-def teacher_token() -> str | None:
-    """The bearer token for the teacher servers: ``$SRECYCLE_TEACHER_TOKEN``, else ``$HF_TOKEN``."""
-    return os.environ.get(TOKEN_ENV) or os.environ.get("HF_TOKEN") or None
+def is_hf_endpoint(url: str) -> bool:
+    """Whether ``url`` is a Hugging Face host reached over https (an Inference Endpoint, a Space, the router)."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    return parts.scheme == "https" and any(host == h or host.endswith("." + h) for h in HF_HOSTS)
+
+
+def teacher_token(url: str, explicit: str | None = None) -> str | None:
+    """The bearer token for the teacher at ``url``: ``explicit``, else ``$SRECYCLE_TEACHER_TOKEN``, else, for a
+    Hugging Face host over https only, the Hugging Face token (``$HF_TOKEN`` or the stored login).
+
+    The user's own servers (vLLM, TGI, llama.cpp on a cluster node) never see the Hugging Face token.
+    """
+    token = explicit or os.environ.get(TOKEN_ENV)
+    if token:
+        return token
+    if is_hf_endpoint(url):
+        from huggingface_hub import get_token
+
+        return get_token()
+    return None
+
+
+def _token_hint(url: str) -> str:
+    return f"${TOKEN_ENV} or $HF_TOKEN" if is_hf_endpoint(url) else f"${TOKEN_ENV}"
+
+
+def _connection_pool(token: str | None, **options: Any) -> Any:
+    """An ``httpx2.AsyncClient`` whose requests carry ``token`` as bearer token, or no Authorization at all.
+
+    The header is set here, for every request, so that neither the Hub client nor anything else can add the
+    user's Hugging Face token to a request for this server. (httpx drops it on a redirect to another host.)
+    """
+    import httpx2
+
+    def authorize(request: Any) -> Any:
+        request.headers.pop("authorization", None)
+        if token:
+            request.headers["authorization"] = f"Bearer {token}"
+        return request
+
+    return httpx2.AsyncClient(auth=authorize, follow_redirects=True, timeout=None, **options)
 
 
 def split_urls(teacher: str) -> list[str]:
@@ -120,20 +170,26 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _inference_client(url: str, http: Any, *, token: str | None, timeout: float) -> Any:
-    """An ``AsyncInferenceClient`` for ``url`` that sends its requests through our connection pool ``http``."""
+def _inference_client(url: str, http: Any, *, timeout: float) -> Any:
+    """An ``AsyncInferenceClient`` for ``url`` that sends its requests through our connection pool ``http``.
+
+    The Hub client looks up the user's Hugging Face token (environment, stored login) whenever it is given
+    none, and ``token=False`` is not accepted; so it gets a stand-in it never needs to look beyond, and the
+    pool (:func:`_connection_pool`) puts the right header, or none, on every request.
+    """
     from huggingface_hub import AsyncInferenceClient
 
     class _Client(AsyncInferenceClient):
         async def _get_async_client(self) -> Any:
             return http
 
-    return _Client(base_url=url, token=token, timeout=timeout)
+    return _Client(base_url=url, token=_NO_HUB_TOKEN, timeout=timeout)
 
 
 @dataclass
 class _Endpoint:
     url: str
+    token: str | None = None
     http: Any = None
     client: Any = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -204,13 +260,12 @@ class HttpTeacher:
         self.health_timeout = health_timeout
         self.retry = retry or RetryPolicy()
         self.tokenizer = tokenizer
-        self.token = token
         self.teacher_id = teacher_name or ""
         self.teacher_revision = ""
         self.limits = ServerLimits()
         self.window = 0
         self._named = teacher_name is not None
-        self._endpoints = [_Endpoint(url) for url in urls]
+        self._endpoints = [_Endpoint(url, teacher_token(url, token)) for url in urls]
         self._slots: asyncio.Queue[int] | None = None
         self._rng = random.Random(seed)
 
@@ -221,11 +276,8 @@ class HttpTeacher:
 
     # ---- start-up ----------------------------------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"} if self.token else {}
-
     async def _get(self, http: Any, url: str) -> Any:
-        return await http.get(url, headers=self._headers(), timeout=min(self.timeout, 30.0))
+        return await http.get(url, timeout=min(self.timeout, 30.0))
 
     async def _wait_healthy(self, http: Any, endpoint: _Endpoint) -> None:
         import httpx2
@@ -246,7 +298,7 @@ class HttpTeacher:
                 if response.status_code in (401, 403):
                     raise TeacherError(
                         f"teacher {endpoint.url} refused the token (HTTP {response.status_code}); set "
-                        f"${TOKEN_ENV} or $HF_TOKEN to a token it accepts"
+                        f"{_token_hint(endpoint.url)} to a token it accepts"
                     )
                 last = f"HTTP {response.status_code}"
             except httpx2.TransportError as e:
@@ -276,11 +328,21 @@ class HttpTeacher:
                 logger.warning("%s/v1/models is not a model list; ignoring it", root)
 
     async def start(self) -> None:
-        """Wait for every server's health, read its limits and model name, and open the request window."""
+        """Wait for every server's health, read its limits and model name, and open the request window.
+
+        On failure the connection pools opened so far are closed before the error propagates.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         import httpx2
 
         for ep in self._endpoints:
-            ep.http = httpx2.AsyncClient(follow_redirects=True, timeout=None)
+            ep.http = _connection_pool(ep.token)
         await asyncio.gather(*(self._wait_healthy(ep.http, ep) for ep in self._endpoints))
         await asyncio.gather(*(self._read_info(ep.http, ep) for ep in self._endpoints))
 
@@ -310,9 +372,10 @@ class HttpTeacher:
                 ep.window = self.concurrency or DEFAULT_CONCURRENCY
             # A pool as large as the window, every connection kept alive between requests.
             await ep.http.aclose()
+            ep.http = None
             limits = httpx2.Limits(max_connections=ep.window + 2, max_keepalive_connections=ep.window + 2)
-            ep.http = httpx2.AsyncClient(limits=limits, follow_redirects=True, timeout=None)
-            ep.client = _inference_client(ep.url, ep.http, token=self.token, timeout=self.timeout)
+            ep.http = _connection_pool(ep.token, limits=limits)
+            ep.client = _inference_client(ep.url, ep.http, timeout=self.timeout)
             per_server.append([index] * ep.window)
             logger.info(
                 "teacher %s: model %s, window %d%s",
@@ -348,9 +411,11 @@ class HttpTeacher:
         )
 
     async def close(self) -> None:
+        """Close every connection pool; safe to call more than once, and after a failed :meth:`start`."""
         for ep in self._endpoints:
             if ep.http is not None:
-                await ep.http.aclose()
+                http, ep.http = ep.http, None
+                await http.aclose()
 
     # ---- requests ----------------------------------------------------------------------------------------
 
@@ -481,7 +546,7 @@ class HttpTeacher:
                     raise Rejected(f"HTTP {status}: {message}") from e
                 if status in (401, 403):
                     raise TeacherError(
-                        f"teacher {endpoint.url} refused the token (HTTP {status}); set ${TOKEN_ENV} or $HF_TOKEN"
+                        f"teacher {endpoint.url} refused the token (HTTP {status}); set {_token_hint(endpoint.url)}"
                     ) from e
                 if status == 404:
                     raise TeacherError(

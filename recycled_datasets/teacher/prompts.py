@@ -171,8 +171,11 @@ def _marker_regex() -> re.Pattern[str]:
 
 
 _MARKER_RE = _marker_regex()
-_NA_RE = re.compile(r"^(?:n/?a|none|null|not applicable)\.?$", re.I)
-_TEMPLATE_RE = re.compile(r"^(?:<[^<>\n]{1,60}>|\{[^{}\n]{1,60}\}|\.{3,}|…|\[[^\[\]\n]{1,60}\])$")
+# SPEC 2 names exactly three failures: an empty section, the prompt's own placeholder words, and N/A. Anything
+# else is the teacher's text, however short or odd ("None.", "[1, 2, 3]", '{"a": 1}' are real answers).
+_NA = "n/a"
+# One pair of brackets around the whole section: a model that echoes "<the answer goes here>" still echoes it.
+_WRAPPED_RE = re.compile(r"^(?:<(.*)>|\[(.*)\]|\{(.*)\}|\((.*)\))$", re.S)
 
 
 def _canonical(name: str) -> str:
@@ -185,6 +188,11 @@ def _canonical(name: str) -> str:
 
 def _normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip(" \t\n.:;\"'`*").lower()
+
+
+def _unwrapped(norm: str) -> str:
+    match = _WRAPPED_RE.match(norm)
+    return _normalize(next(g for g in match.groups() if g is not None)) if match else norm
 
 
 def _clean(text: str) -> str:
@@ -203,8 +211,9 @@ def parse_sections(reply: str, marker: str, placeholders: tuple[str, ...] = ()) 
 
     A section starts at ``[Marker]`` or a bare ``Marker:`` line and ends at ``[End]``, at the next marker, or
     at the end of the text. When the marker occurs several times (a model that echoes the layout, or rewrites
-    its draft) the first usable section wins. Empty sections, ``N/A``, and sections that still hold the
-    prompt's placeholder words are failures, and the reason says which.
+    its draft) the first usable section wins. Exactly three things are failures, and the reason says which:
+    an empty section, ``N/A``, and a section that is the prompt's own placeholder words (``placeholders``, as
+    the prompt puts them between the marker and ``[End]``, possibly wrapped in one pair of brackets).
     """
     matches = list(_MARKER_RE.finditer(reply))
     wanted = [i for i, m in enumerate(matches) if _canonical(m.group("b") or m.group("n")) == marker]
@@ -217,11 +226,11 @@ def parse_sections(reply: str, marker: str, placeholders: tuple[str, ...] = ()) 
         end = matches[i + 1].start() if i + 1 < len(matches) else len(reply)
         text = _clean(reply[start:end])
         norm = _normalize(text)
-        if not text:
+        if not norm:  # nothing, or only layout (quotes, emphasis, dots) around nothing
             reasons.append(f"the [{marker}] section is empty")
-        elif _NA_RE.match(norm):
+        elif norm == _NA:
             reasons.append(f"the [{marker}] section says N/A")
-        elif not norm or norm in normalized_placeholders or _TEMPLATE_RE.match(text):
+        elif norm in normalized_placeholders or _unwrapped(norm) in normalized_placeholders:
             reasons.append(f"the [{marker}] section still holds the prompt's placeholder ({text[:60]!r})")
         else:
             return Section(text)

@@ -40,7 +40,6 @@ from recycled_datasets.teacher.client import (
     Rejected,
     RetryPolicy,
     split_urls,
-    teacher_token,
 )
 from recycled_datasets.teacher.local import LocalTeacher, local_model_key
 from recycled_datasets.teacher.prompts import (
@@ -52,6 +51,7 @@ from recycled_datasets.teacher.prompts import (
     parse_sections,
 )
 from recycled_datasets.teacher.store import ANSWER_OK, ANSWER_REJECTED, AnswerStore, request_key
+from recycled_datasets.templates import instruction_target
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,32 @@ class _Meter:
             self.bar.update(self.task, total=self.bar.tasks[self.task].total + 1)
 
 
+def _sampling(config: ReflectConfig, attempt: int) -> tuple[float, int]:
+    """(temperature, seed) of a request's first ask, or of its one retry after an unusable reply."""
+    if attempt == 0:
+        return config.temperature, config.seed
+    return config.temperature or config.retry_temperature, config.seed + attempt
+
+
+def parse_instruction_reply(prompts: PromptSet, text: str) -> tuple[dict[str, str] | None, str | None]:
+    """The new instruction and its answer from an instruction-reflection reply, or why there are none.
+
+    The run and the dry run (:func:`plan_rows`) both parse with this, so they agree on which replies count.
+    """
+    ph = prompts.placeholders
+    instruction = parse_sections(text, NEW_INSTRUCTION, ph.get(NEW_INSTRUCTION, ()))
+    answer = parse_sections(text, NEW_ANSWER, ph.get(NEW_ANSWER, ()))
+    if instruction.ok and answer.ok:
+        return {"instruction": instruction.text or "", "output": answer.text or ""}, None
+    return None, "; ".join(r for r in (instruction.reason, answer.reason) if r)
+
+
+def parse_response_reply(prompts: PromptSet, text: str) -> tuple[dict[str, str] | None, str | None]:
+    """The better answer from a response-reflection reply, or why there is none."""
+    answer = parse_sections(text, BETTER_ANSWER, prompts.placeholders.get(BETTER_ANSWER, ()))
+    return ({"output": answer.text or ""}, None) if answer.ok else (None, answer.reason)
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     """One variant's result: parsed fields, or why it fell back, or why the server refused it."""
@@ -217,10 +243,6 @@ class _Outcome:
     fields: dict[str, str] | None = None
     fallback: str | None = None
     rejected: str | None = None
-
-
-def _joined(instruction: str, input: str) -> str:
-    return f"{instruction}\n{input}" if input else instruction
 
 
 def _make_teacher(config: ReflectConfig, *, health_timeout: float | None = None) -> HttpTeacher | LocalTeacher:
@@ -236,23 +258,22 @@ def _make_teacher(config: ReflectConfig, *, health_timeout: float | None = None)
         retry=RetryPolicy(max_retries=config.max_retries, base=config.backoff_base, cap=config.backoff_max),
         teacher_name=config.teacher_name,
         tokenizer=tokenizer,
-        token=teacher_token(),
         seed=config.seed,
     )
 
 
 def _load_tokenizer(name: str) -> Any:
-    """The teacher's tokenizer from a students-table key, a folder or a Hub id."""
-    from recycled_datasets.models import load_tokenizer, resolve_student, students_table
+    """The teacher's tokenizer from a students-table key, a Hub id, a folder or a .gguf file.
 
-    if name in students_table():
-        return load_tokenizer(resolve_student(name))
-    from transformers import AutoTokenizer
+    Resolved like a student (``--student`` accepts the same names), so both stages find a model the same way.
+    """
+    from recycled_datasets.models import load_tokenizer, resolve_student
 
     try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as e:  # OSError, ValueError, HTTP errors...
-        raise ConfigError(f"could not load the teacher tokenizer {name!r}: {type(e).__name__}: {e}") from e
+        spec = resolve_student(name)
+    except ConfigError as e:
+        raise ConfigError(f"teacher tokenizer: {e}") from e
+    return load_tokenizer(spec)
 
 
 async def _start(config: ReflectConfig, teacher: HttpTeacher | LocalTeacher, *, generate: bool = True) -> None:
@@ -272,8 +293,10 @@ def teacher_identity(config: ReflectConfig) -> tuple[str, str]:
 
     async def ask() -> str:
         teacher = _make_teacher(config)
-        await teacher.start()
-        await teacher.close()
+        try:
+            await teacher.start()
+        finally:
+            await teacher.close()
         return teacher.teacher_id
 
     return asyncio.run(ask()), prompts.version
@@ -303,12 +326,6 @@ class _Run:
     def close(self) -> None:
         self._io.shutdown(wait=True)
 
-    def _sampling(self, attempt: int) -> tuple[float, int]:
-        if attempt == 0:
-            return self.config.temperature, self.config.seed
-        retry_temperature = self.config.temperature or self.config.retry_temperature
-        return retry_temperature, self.config.seed + attempt
-
     async def _store(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # SQLite work runs in the store's own thread: an fsync per answer must not stall the event loop that
         # keeps the other requests of the window moving.
@@ -321,7 +338,7 @@ class _Run:
         committed, so an identical request (the ``both`` of a row whose ``ins`` fell back, a duplicate row)
         always finds either the one in flight or the stored answer, and is never paid for twice.
         """
-        temperature, seed = self._sampling(attempt)
+        temperature, seed = _sampling(self.config, attempt)
         try:
             payload = self.teacher.prepare(
                 prompt, max_new_tokens=self.config.output_budget, temperature=temperature, seed=seed
@@ -401,16 +418,10 @@ class _Run:
         return _Outcome(fallback="; ".join(reasons))
 
     def parse_instruction(self, text: str) -> tuple[dict[str, str] | None, str | None]:
-        ph = self.prompts.placeholders
-        instruction = parse_sections(text, NEW_INSTRUCTION, ph.get(NEW_INSTRUCTION, ()))
-        answer = parse_sections(text, NEW_ANSWER, ph.get(NEW_ANSWER, ()))
-        if instruction.ok and answer.ok:
-            return {"instruction": instruction.text or "", "output": answer.text or ""}, None
-        return None, "; ".join(r for r in (instruction.reason, answer.reason) if r)
+        return parse_instruction_reply(self.prompts, text)
 
     def parse_response(self, text: str) -> tuple[dict[str, str] | None, str | None]:
-        answer = parse_sections(text, BETTER_ANSWER, self.prompts.placeholders.get(BETTER_ANSWER, ()))
-        return ({"output": answer.text or ""}, None) if answer.ok else (None, answer.reason)
+        return parse_response_reply(self.prompts, text)
 
     async def row(self, row: SourceRow) -> dict[str, Any]:
         async def response_reflection(instruction: str, input: str, output: str) -> _Outcome:
@@ -449,7 +460,7 @@ class _Run:
         if ins.fields is not None:
             ins_instruction, ins_output, ins_status = ins.fields["instruction"], ins.fields["output"], STATUS_OK
         else:
-            ins_instruction, ins_output = _joined(row.instruction, row.input), row.output
+            ins_instruction, ins_output = instruction_target(row.instruction, row.input), row.output
             if ins.rejected is not None:
                 ins_status = STATUS_FAILED
                 ins_detail = f"teacher refused the request: {ins.rejected}; fields hold the originals{folded}"
@@ -542,19 +553,22 @@ async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) 
             dropped = store.forget_rejected()
             if dropped:
                 logger.info("resending %d requests the teacher refused before", dropped)
-        await _start(config, teacher)
         run = _Run(config, teacher, store, prompts, meter)
         records: list[dict[str, Any] | None] = [None] * len(rows)
-        # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
-        rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
-
-        async def one(i: int, row: SourceRow) -> None:
-            try:
-                records[i] = await run.row(row)
-            finally:
-                rows_in_flight.release()
 
         try:
+            # Inside the try: a server that never gets healthy or refuses the token must not leave the
+            # connection pools that start() opened behind.
+            await _start(config, teacher)
+            # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
+            rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
+
+            async def one(i: int, row: SourceRow) -> None:
+                try:
+                    records[i] = await run.row(row)
+                finally:
+                    rows_in_flight.release()
+
             async with asyncio.TaskGroup() as group:
                 for i, row in enumerate(rows):
                     await rows_in_flight.acquire()
@@ -616,9 +630,11 @@ def reflect_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectResult:
 def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
     """What ``reflect_rows`` would send (``--dry-run``): calls not in the store yet, and a token estimate.
 
-    The estimate counts about four characters per prompt token and the full output budget per call. The
-    ``both`` call of a row whose ``ins`` answer is stored is checked against the store too; otherwise it is
-    counted as one more call.
+    The store is read the way the run reads it: a stored reply is parsed with the run's parser, an unusable
+    one leads to its sampled retry (looked up too), and the ``both`` request of a row follows from the stored
+    ``ins`` outcome. A request not stored yet counts as one call (identical requests once), and its
+    answer, unknown until sent, as usable. The estimate counts about four characters per prompt token and
+    the full output budget per call.
     """
     rows = rows[: config.limit] if config.limit else list(rows)
     prompts = load_prompts(config.instruction_prompt, config.response_prompt, config.prompt_version)
@@ -626,43 +642,42 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
 
     async def check() -> ReflectPlan:
         teacher = _make_teacher(config, health_timeout=min(config.health_timeout, 10.0))
-        checked = True
         try:
-            await _start(config, teacher, generate=False)
-        except RecycledError as e:
-            logger.warning("store not checked: %s", e)
-            checked = False
-        calls = cached = prompt_chars = 0
-        store = AnswerStore.open(config.store_dir, durable=False) if checked else None
-        try:
-            for row in rows:
-                ins_prompt = prompts.render_instruction(row.instruction, row.input, row.output)
-                res_prompt = prompts.render_response(row.instruction, row.input, row.output)
-                both_prompt = res_prompt
-                for prompt in (ins_prompt, res_prompt):
-                    prompt_chars += len(prompt)
-                    hit = _lookup(store, teacher, prompts, prompt, config) if store else None
-                    cached += hit is not None
-                    calls += hit is None
-                    if prompt is ins_prompt and hit is not None and hit.text is not None:
-                        instruction = parse_sections(hit.text, NEW_INSTRUCTION)
-                        answer = parse_sections(hit.text, NEW_ANSWER)
-                        if instruction.ok and answer.ok:
-                            both_prompt = prompts.render_response(instruction.text or "", "", answer.text or "")
-                prompt_chars += len(both_prompt)
-                hit = _lookup(store, teacher, prompts, both_prompt, config) if store else None
-                cached += hit is not None
-                calls += hit is None
+            checked = True
+            try:
+                await _start(config, teacher, generate=False)
+            except RecycledError as e:
+                logger.warning("store not checked: %s", e)
+                checked = False
+            store = AnswerStore.open(config.store_dir, durable=False) if checked else None
+            try:
+                counts = _PlanCounts()
+                for row in rows:
+                    res_prompt = prompts.render_response(row.instruction, row.input, row.output)
+                    ins_prompt = prompts.render_instruction(row.instruction, row.input, row.output)
+                    known, ins = _plan_variant(
+                        store, teacher, prompts, config, ins_prompt, parse_instruction_reply, counts
+                    )
+                    _plan_variant(store, teacher, prompts, config, res_prompt, parse_response_reply, counts)
+                    if not known:  # ins is still to be asked: both will reflect its answer, one more call
+                        counts.calls += 1
+                        counts.prompt_chars += len(res_prompt)
+                        continue
+                    both_prompt = res_prompt
+                    if ins is not None:
+                        both_prompt = prompts.render_response(ins["instruction"], "", ins["output"])
+                    _plan_variant(store, teacher, prompts, config, both_prompt, parse_response_reply, counts)
+            finally:
+                if store is not None:
+                    store.close()
         finally:
-            if store is not None:
-                store.close()
             await teacher.close()
         return ReflectPlan(
             rows=len(rows),
-            calls=calls,
-            cached=cached,
-            prompt_tokens=prompt_chars // 4,
-            max_output_tokens=calls * budget,
+            calls=counts.calls,
+            cached=counts.cached,
+            prompt_tokens=counts.prompt_chars // 4,
+            max_output_tokens=counts.calls * budget,
             teacher_id=teacher.teacher_id or config.teacher,
             prompt_version=prompts.version,
             cache_checked=checked,
@@ -671,16 +686,51 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
     return asyncio.run(check())
 
 
-def _lookup(
-    store: AnswerStore, teacher: HttpTeacher | LocalTeacher, prompts: PromptSet, prompt: str, config: ReflectConfig
-) -> Any:
-    try:
-        payload = teacher.prepare(
-            prompt, max_new_tokens=config.output_budget, temperature=config.temperature, seed=config.seed
-        )
-    except Rejected:
-        return None  # too long for the server: counted as a call, which the run will record as refused
-    return store.get(request_key(teacher.cache_id, prompts.version, payload))
+@dataclass
+class _PlanCounts:
+    calls: int = 0
+    cached: int = 0
+    prompt_chars: int = 0
+    unsent: set[str] = field(default_factory=set)
+
+
+def _plan_variant(
+    store: AnswerStore | None,
+    teacher: HttpTeacher | LocalTeacher,
+    prompts: PromptSet,
+    config: ReflectConfig,
+    prompt: str,
+    parse: Callable[[PromptSet, str], tuple[dict[str, str] | None, str | None]],
+    counts: _PlanCounts,
+) -> tuple[bool, dict[str, str] | None]:
+    """Count one variant's requests as :meth:`_Run.reflect` would make them.
+
+    Returns (outcome known from the store?, the parsed fields, or None when the variant fell back or failed).
+    """
+    for attempt in range(2):
+        temperature, seed = _sampling(config, attempt)
+        counts.prompt_chars += len(prompt)
+        if store is None:
+            counts.calls += 1
+            return False, None
+        try:
+            payload = teacher.prepare(prompt, max_new_tokens=config.output_budget, temperature=temperature, seed=seed)
+        except Rejected:
+            return True, None  # too long for the server: the run records it as refused without sending it
+        key = request_key(teacher.cache_id, prompts.version, payload)
+        hit = store.get(key)
+        if hit is None:
+            # Sent once, however many variants or rows ask for it (the run shares identical requests).
+            counts.calls += key not in counts.unsent
+            counts.unsent.add(key)
+            return False, None
+        counts.cached += 1
+        if hit.status == ANSWER_REJECTED or hit.text is None:
+            return True, None
+        fields, _ = parse(prompts, hit.text)
+        if fields is not None:
+            return True, fields
+    return True, None
 
 
 __all__ = [
