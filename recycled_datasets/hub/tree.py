@@ -27,6 +27,7 @@ from typing import Any
 
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.records import REFLECTION_COLUMNS, VARIANTS
+from recycled_datasets.store import write_table
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RELEASE_FILE = re.compile(
     r"^(README\.md|[^/]+/train-\d{5}-of-\d{5}\.parquet|[^/]+/report\.json|plots/[^/]+/[^/]+\.png)$"
 )
-_COMPRESSION = "zstd"
-_COMPRESSION_LEVEL = 9
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def build_tree(
     for student in work.students:
         table = _subset_table(student.subset)
         rel = f"{student.key}/{DATA_FILE}"
-        _write_parquet(table, dest / rel)
+        write_table(table, dest / rel)
         (dest / student.key / REPORT_FILE).write_text(_canonical_json(student.report), encoding="utf-8")
         plots = write_plots(
             scores=student.scores,
@@ -160,7 +159,7 @@ def build_tree(
 
     reflections = _reflections_table(work.root / "reflections.parquet")
     rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
-    _write_parquet(reflections, dest / rel)
+    write_table(reflections, dest / rel)
     entries[REFLECTIONS_CONFIG] = ConfigEntry(
         REFLECTIONS_CONFIG, reflections.num_rows, _dataset_info(REFLECTIONS_CONFIG, reflections, dest / rel)
     )
@@ -315,20 +314,6 @@ def _read_parquet(path: Path, columns: Sequence[str]):
     if missing:
         raise InputError(f"missing column(s) {', '.join(missing)}", path=str(path), field=missing[0])
     return table
-
-
-def _write_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        table,
-        path,
-        compression=_COMPRESSION,
-        compression_level=_COMPRESSION_LEVEL,
-        row_group_size=100_000,
-        write_statistics=True,
-    )
 
 
 # ---- card metadata -----------------------------------------------------------------------------------------
