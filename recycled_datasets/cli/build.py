@@ -1,19 +1,191 @@
-"""Placeholder until its issue lands; the owner replaces this whole file."""
+"""``srecycle build``, ``srecycle select`` and ``srecycle import-reflections``.
 
-from recycled_datasets.errors import ConfigError
+``build`` runs reflect (cached) -> score (cached) -> select -> DIR/dataset for one student; ``select``
+re-cuts a subset from cached scores; ``import-reflections`` fills a workdir from the reference authors'
+published variants so no teacher is needed at all.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recycled_datasets.cli.options import (
+    BatchTokens,
+    Dtype,
+    MaxLength,
+    MaxNewTokens,
+    Quiet,
+    SkipInvalid,
+    Student,
+    StudentsFile,
+    Template,
+    Workdir,
+)
+from recycled_datasets.progress import console, set_quiet, setup_logging
+
+Source = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="alpaca or wizardlm (the public Hub sets), sample (the bundled 30 rows), or a JSON/JSONL/parquet "
+        "file, folder or Hub id in Alpaca form. Default: the rows already in DIR/reflections.parquet.",
+    ),
+]
+OptionalTeacher = Annotated[
+    str | None,
+    typer.Option(
+        "--teacher",
+        help="Teacher for rows without reflections: a server URL (TGI http://host:8080, OpenAI-compatible "
+        "http://host:port/v1; comma-separated to share load) or local[:MODEL]. Not contacted when the workdir "
+        "already holds every row's reflections.",
+    ),
+]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N valid source rows.")]
+Name = Annotated[str | None, typer.Option("--name", help="Config name (key) of the student's subset.")]
+KeepUnreflected = Annotated[
+    bool,
+    typer.Option(
+        "--keep-unreflected", help="Also keep rows whose final variant is ins or ori (paper mode drops them)."
+    ),
+]
+TopK = Annotated[int | None, typer.Option("--top-k", min=1, help="Keep only the k kept rows with the highest IFD.")]
+TopP = Annotated[
+    float | None, typer.Option("--top-p", min=0.0, max=100.0, help="Keep only the top P percent of kept rows by IFD.")
+]
+SelectStudent = Annotated[str, typer.Option("--student", help="Key of a student already built in the workdir.")]
 
 
-def select() -> None:
-    """Not built yet."""
-    raise ConfigError("select is not built yet")
+def _selection(keep_unreflected: bool, top_k: int | None, top_p: float | None):  # -> SelectionConfig
+    from recycled_datasets.selection import SelectionConfig
+
+    return SelectionConfig(mode="keep-unreflected" if keep_unreflected else "paper", top_k=top_k, top_p=top_p)
 
 
-def build() -> None:
-    """Not built yet."""
-    raise ConfigError("build is not built yet")
+def _print_selection(selection, workdir: Path, key: str) -> None:
+    from recycled_datasets.selection import report_table
+
+    out = console()
+    out.print(report_table(selection.report))
+    out.print(f"subset: {workdir / 'students' / key / 'subset.parquet'} ({selection.report.rows_kept} rows)")
 
 
-def import_reflections() -> None:
-    """Not built yet."""
-    raise ConfigError("import-reflections is not built yet")
+def build(
+    workdir: Workdir,
+    source: Source = None,
+    student: Student = "smollm2-135m",
+    teacher: OptionalTeacher = None,
+    max_new_tokens: MaxNewTokens = None,
+    limit: Limit = None,
+    name: Name = None,
+    template: Template = None,
+    students_file: StudentsFile = None,
+    keep_unreflected: KeepUnreflected = False,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    skip_invalid: SkipInvalid = False,
+    dtype: Dtype = None,
+    max_length: MaxLength = 2048,
+    batch_tokens: BatchTokens = None,
+    quiet: Quiet = False,
+) -> None:
+    """Build one student's sRecycled subset: reflect (cached) -> score (cached) -> select -> DIR/dataset."""
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+    from rich.table import Table
 
+    from recycled_datasets.models import resolve_student
+    from recycled_datasets.pipeline import BuildConfig, ScoreSettings
+    from recycled_datasets.pipeline import build as run_build
+
+    started = time.monotonic()
+    spec = resolve_student(student, name=name, template=template, students_file=students_file)
+    config = BuildConfig(
+        workdir=workdir,
+        student=spec,
+        source=source,
+        teacher=teacher,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        skip_invalid=skip_invalid,
+        selection=_selection(keep_unreflected, top_k, top_p),
+        scoring=ScoreSettings(max_length=max_length, dtype=dtype, batch_tokens=batch_tokens),
+    )
+    result = run_build(config)
+    _print_selection(result.selection, workdir, spec.key)
+    table = Table(title=f"srecycle build: {spec.key}")
+    table.add_column("stage")
+    table.add_column("result")
+    table.add_row("source rows", f"{result.rows} ({result.skipped_rows} invalid skipped)")
+    table.add_row(
+        "reflections",
+        f"{result.reflections.reflected} new by {result.reflections.meta['teacher']}, "
+        f"{result.reflections.reused} reused",
+    )
+    stats = result.reflections.teacher_stats
+    if stats is not None:
+        table.add_row(
+            "teacher calls",
+            f"{stats.sent} sent, {stats.cached} from the store, {stats.fallbacks} fallbacks, "
+            f"{stats.failures} refused ({stats.seconds:.0f} s)",
+        )
+    else:
+        table.add_row("teacher calls", "none (every row already had its reflections)")
+    table.add_row("scores", f"{result.scores.pairs} pairs ({'reused' if result.scores.reused else 'scored'})")
+    table.add_row("subset", f"{result.selection.report.rows_kept} of {result.rows} rows")
+    table.add_row("dataset", str(result.dataset))
+    table.add_row("time", f"{time.monotonic() - started:.1f} s")
+    console().print(table)
+
+
+def select(
+    workdir: Workdir,
+    student: SelectStudent,
+    keep_unreflected: KeepUnreflected = False,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    quiet: Quiet = False,
+) -> None:
+    """Select a student's subset again from its cached scores (no student, no teacher), and refresh DIR/dataset."""
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+    from recycled_datasets.pipeline import materialize, reselect
+
+    selection = reselect(workdir, student, _selection(keep_unreflected, top_k, top_p))
+    dataset = materialize(workdir)
+    _print_selection(selection, workdir, student)
+    console().print(f"dataset: {dataset}")
+
+
+def import_reflections(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="The reference authors' set: a Hub id (e.g. their Reflect_Alpaca_All) or a local folder holding "
+            "the splits origin, reflect_instruction, reflect_response and reflect_both."
+        ),
+    ],
+    workdir: Workdir,
+    quiet: Quiet = False,
+) -> None:
+    """Fill a workdir with the reference authors' published variants, so students build with no teacher."""
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+    from rich.table import Table
+
+    from recycled_datasets.pipeline import import_reflections as run_import
+
+    result = run_import(source, workdir)
+    table = Table(title="srecycle import-reflections")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("source", result.source)
+    table.add_row("rows", str(result.rows))
+    for variant, n in result.unchanged.items():
+        table.add_row(f"{variant} equal to the original", str(n))
+    table.add_row("written", str(Path(workdir) / "reflections.parquet"))
+    table.add_row("next", f"srecycle build --workdir {workdir} --student KEY")
+    console().print(table)

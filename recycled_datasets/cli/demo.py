@@ -21,8 +21,13 @@ def demo(
     ] = None,
     max_new_tokens: MaxNewTokens = 192,
     show: Annotated[int, typer.Option("--show", min=0, help="Rows of the loaded subset to print.")] = 5,
-    keep_unreflected: Annotated[
-        bool, typer.Option("--keep-unreflected", help="Also keep rows whose final variant is ins or ori.")
+    paper_mode: Annotated[
+        bool,
+        typer.Option(
+            "--paper-mode/--keep-unreflected",
+            help="Paper mode keeps only rows whose final variant is res or both. The demo keeps ins and ori "
+            "finals too by default: the 135M embedded teacher rarely writes a usable reflection.",
+        ),
     ] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -42,6 +47,7 @@ def demo(
     from rich.panel import Panel
     from rich.table import Table
 
+    from recycled_datasets.errors import RecycledError
     from recycled_datasets.models import resolve_student
     from recycled_datasets.pipeline import BuildConfig, build
     from recycled_datasets.progress import console
@@ -50,9 +56,7 @@ def demo(
     out = console()
     started = time.monotonic()
     spec = resolve_student(DEMO_STUDENT)
-    out.print(
-        f"[bold]srecycle demo[/bold]: teacher and student = {spec.hub_id} (embedded, CPU); workdir {workdir}"
-    )
+    out.print(f"[bold]srecycle demo[/bold]: teacher and student = {spec.hub_id} (embedded, CPU); workdir {workdir}")
     result = build(
         BuildConfig(
             workdir=workdir,
@@ -61,7 +65,7 @@ def demo(
             teacher="local",
             max_new_tokens=max_new_tokens,
             limit=rows,
-            selection=SelectionConfig(mode="keep-unreflected" if keep_unreflected else "paper"),
+            selection=SelectionConfig(mode="paper" if paper_mode else "keep-unreflected"),
         )
     )
     out.print(report_table(result.selection.report))
@@ -70,8 +74,14 @@ def demo(
 
     datasets.disable_progress_bars()
     folder = result.dataset
+    if result.selection.report.rows_kept == 0:
+        raise RecycledError(
+            f"no row of the sample passed the selection for {DEMO_STUDENT}, so its config is empty; "
+            "the report above says why (rerun with --keep-unreflected to keep unreflected rows)"
+        )
     subset = datasets.load_dataset(str(folder), DEMO_STUDENT, split="train")
-    out.print(f"\nload_dataset({str(folder)!r}, {DEMO_STUDENT!r}) -> {subset.num_rows} rows, columns {subset.column_names}")
+    call = f"load_dataset({str(folder)!r}, {DEMO_STUDENT!r})"
+    out.print(f"\n{call} -> {subset.num_rows} rows, columns {subset.column_names}")
     for i, row in enumerate(subset.select(range(min(show, subset.num_rows)))):
         body = f"[bold]instruction[/bold]: {row['instruction']}\n"
         if row["input"]:
@@ -79,8 +89,6 @@ def demo(
         body += f"[bold]output[/bold]: {row['output']}"
         title = f"row {i}: id {row['id']}  variant {row['variant']}  IFD {row['ifd']:.3f}  r-IFD {row['rifd']:.3f}"
         out.print(Panel(body, title=title, title_align="left"))
-    if subset.num_rows == 0:
-        out.print("the subset is empty: no row passed the selection (try --keep-unreflected)")
 
     reflected = result.reflections
     teacher_stats = reflected.teacher_stats

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -77,7 +76,7 @@ def reflect(
     from rich.table import Table
 
     from recycled_datasets.errors import ConfigError
-    from recycled_datasets.sources import read_source
+    from recycled_datasets.pipeline import load_source, write_reflections
     from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
 
     if output.suffix.lower() != ".parquet":
@@ -100,7 +99,7 @@ def reflect(
         max_retries=max_retries,
         retry_rejected=retry_rejected,
     )
-    source = read_source(input, skip_invalid=skip_invalid, limit=limit)
+    source = load_source(input, skip_invalid=skip_invalid, limit=limit)
     table = Table(title="srecycle reflect" + (" (dry run)" if dry_run else ""), show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
@@ -117,25 +116,16 @@ def reflect(
         return
 
     result = reflect_rows(source.rows, config)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    result.table.write_parquet(tmp)
-    tmp.replace(output)
-    sidecar = output.with_suffix(".json")
-    sidecar.write_text(
-        json.dumps(
-            {
-                "teacher": result.teacher_id,
-                "teacher_revision": result.teacher_revision,
-                "prompt_version": result.prompt_version,
-                "source": str(input),
-                "rows": result.table.height,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    write_reflections(
+        result.table,
+        output,
+        teacher=result.teacher_id,
+        teacher_revision=result.teacher_revision,
+        prompt_version=result.prompt_version,
+        source=source.name,
+        license=source.license,
     )
+    sidecar = output.with_suffix(".json")
     stats = result.stats
     status_counts = {v: result.table.get_column(f"{v}_status").value_counts().rows() for v in ("ins", "res", "both")}
     table.add_row("rows", str(stats.rows))
