@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 $(VENV)/.llama-server: $(VENV)/.installed
-	$(PIP) install -q "$(LLAMA_CPP)"
+	$(PIP) install -q --no-warn-conflicts "$(LLAMA_CPP)"
 	touch $@
 
 setup: $(VENV)/.installed

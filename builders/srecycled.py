@@ -30,8 +30,7 @@ import datasets
 from datasets.builder import Key
 
 from recycled_datasets.errors import ConfigError, StoreError
-from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, VARIANTS
-from recycled_datasets.selection import SUBSET_COLUMNS
+from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, SUBSET_COLUMNS, VARIANTS
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from recycled_datasets.records import (
     REFLECTION_COLUMNS,
     SCORE_COLUMNS,
     STATUS_OK,
+    SUBSET_COLUMNS,
     VARIANTS,
     Pair,
     SourceRow,
     assign_ids,
 )
 from recycled_datasets.selection import (
-    SUBSET_COLUMNS,
     Selection,
     SelectionConfig,
     SelectionReport,

@@ -91,3 +91,16 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "status",
     "reason",
 )
+
+# Subset table (selection output, one Hub config per student): the training fields, then provenance.
+SUBSET_COLUMNS: tuple[str, ...] = (
+    "instruction",
+    "input",
+    "output",
+    "id",
+    "variant",
+    "ifd",
+    "rifd",
+    "student",
+    "teacher",
+)

@@ -42,17 +42,6 @@ DROP_TOP = "below_top_cut"
 DROP_REASONS: tuple[str, ...] = (DROP_MISSING_SCORE, DROP_IFD, DROP_RIFD, DROP_PAPER_INS, DROP_PAPER_ORI, DROP_TOP)
 
 SELECTED_COLUMNS: tuple[str, ...] = ("id", "variant", "ifd", "rifd")
-SUBSET_COLUMNS: tuple[str, ...] = (
-    "instruction",
-    "input",
-    "output",
-    "id",
-    "variant",
-    "ifd",
-    "rifd",
-    "student",
-    "teacher",
-)
 
 
 @dataclass(frozen=True, slots=True)

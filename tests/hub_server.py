@@ -430,11 +430,18 @@ class HubServer:
 
 
 # ---- a synthetic workdir (the contract of COMMON.md), independent of the teacher and the scorer ---------------
-def make_workdir(root, students=("llama2-7b", "mistral-7b"), rows: int = 6, license: str = "cc-by-nc-4.0"):
+def make_workdir(
+    root,
+    students=("llama2-7b", "mistral-7b"),
+    rows: int = 6,
+    license: str = "cc-by-nc-4.0",
+    empty: tuple[str, ...] = (),
+):
     """Write a small workdir with reflections, and per student scores, a subset and a report.
 
     Scores are made up but consistent: the subset holds exactly the rows whose chosen variant passes the
-    thresholds, and the report's counts and quantiles are computed from the same numbers.
+    thresholds, and the report's counts and quantiles are computed from the same numbers. Students named in
+    ``empty`` score every variant above the IFD threshold, so their selection keeps no row.
     """
     import random
     from pathlib import Path
@@ -482,7 +489,8 @@ def make_workdir(root, students=("llama2-7b", "mistral-7b"), rows: int = 6, lice
         scores: dict[tuple[str, str], tuple[float, float]] = {}
         for rid in ids:
             for v in VARIANTS:
-                ifd, rifd = round(rng.uniform(0.4, 1.3), 4), round(rng.uniform(0.5, 1.2), 4)
+                low = 1.05 if key in empty else 0.4
+                ifd, rifd = round(rng.uniform(low, 1.3), 4), round(rng.uniform(0.5, 1.2), 4)
                 scores[(rid, v)] = (ifd, rifd)
                 score_rows.append((rid, v, ifd, rifd))
         table = {"id": [r[0] for r in score_rows], "variant": [r[1] for r in score_rows]}

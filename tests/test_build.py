@@ -19,8 +19,7 @@ import polars as pl
 import pytest
 
 from recycled_datasets.cli import main
-from recycled_datasets.records import REFLECTION_COLUMNS, VARIANTS
-from recycled_datasets.selection import SUBSET_COLUMNS
+from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

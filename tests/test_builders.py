@@ -23,8 +23,8 @@ from recycled_datasets.pipeline import (
     write_json,
     write_parquet,
 )
-from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, VARIANTS
-from recycled_datasets.selection import SUBSET_COLUMNS, SelectionConfig
+from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, SUBSET_COLUMNS, VARIANTS
+from recycled_datasets.selection import SelectionConfig
 
 IDS = ["r0", "r1", "r2"]
 # (IFD, r-IFD) per row and variant, chosen so that r0 -> both, r1 -> res, r2 -> ori (see test_selection)

@@ -169,3 +169,74 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["push", "--repo", "noslash", "--workdir", str(tmp_path), "--to-dir", str(tmp_path / "o")])
     assert exit_info.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def one_empty(tmp_path_factory):
+    """mistral-7b's selection keeps no row (as with a tiny teacher in paper mode); llama2-7b keeps some."""
+    base = tmp_path_factory.mktemp("hub_tree_empty")
+    return make_workdir(base / "work", empty=("mistral-7b",))
+
+
+def test_a_student_that_kept_no_row_is_reported_but_not_a_loadable_config(one_empty, tmp_path, caplog):
+    import datasets
+
+    with caplog.at_level("WARNING", logger="recycled_datasets.hub.tree"):
+        tree = write_release_tree(one_empty, tmp_path / "dataset", repo_id=REPO)
+    assert any("mistral-7b" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert not any(f.startswith("mistral-7b/") and f.endswith(".parquet") for f in tree.files)
+    assert "mistral-7b/report.json" in tree.files and tree.empty == ("mistral-7b",)
+    card = DatasetCard.load(tree.root / "README.md")
+    assert [c["config_name"] for c in card.data.configs] == ["llama2-7b", "reflections"]
+    assert [c["config_name"] for c in card.data.configs if c.get("default")] == ["llama2-7b"]
+    assert [i["config_name"] for i in card.data.dataset_info] == ["llama2-7b", "reflections"]
+    # The body still has mistral-7b's section, saying plainly that nothing passed, with its report's numbers.
+    section = card.text.split("### `mistral-7b`", 1)[1].split("### ", 1)[0]
+    assert "No row passed the selection" in section and "0 of 6" in section
+    assert "above_threshold: " in section and 'load_dataset("org/srecycled", "mistral-7b"' not in card.text
+    cache = str(tmp_path / "cache")
+    llama = datasets.load_dataset(str(tree.root), "llama2-7b", split="train", cache_dir=cache)
+    assert llama.to_list() == pq.read_table(one_empty / "students" / "llama2-7b" / "subset.parquet").to_pylist()
+    assert datasets.load_dataset(str(tree.root), split="train", cache_dir=cache).config_name == "llama2-7b"
+
+
+def test_when_every_student_is_empty_reflections_is_the_default(one_empty, tmp_path):
+    import datasets
+
+    tree = write_release_tree(one_empty, tmp_path / "dataset", students=["mistral-7b"])
+    card = DatasetCard.load(tree.root / "README.md")
+    assert card.data.configs == [
+        {
+            "config_name": "reflections",
+            "data_files": [{"split": "train", "path": "reflections/train-*"}],
+            "default": True,
+        }
+    ]
+    assert tree.default_config == "reflections" and "No row passed the selection" in card.text
+    default = datasets.load_dataset(str(tree.root), split="train", cache_dir=str(tmp_path / "cache"))
+    assert default.config_name == "reflections" and len(default) == 4 * 6
+
+
+def test_repushing_a_config_that_became_empty_deletes_its_data_on_the_repo(tmp_path):
+    from hub_server import HubServer
+
+    from recycled_datasets.hub import push_release
+
+    token = "hf_test_write_token_0000"
+    full = make_workdir(tmp_path / "full")
+    emptied = make_workdir(tmp_path / "emptied", empty=("mistral-7b",))
+    with HubServer(tokens={token: "write"}) as hub:
+        push_release(repo_id=REPO, workdir=full, token=token, endpoint=hub.endpoint)
+        result = push_release(
+            repo_id=REPO, workdir=emptied, students=["mistral-7b"], token=token, endpoint=hub.endpoint
+        )
+        files = hub.state.files_at("dataset", REPO)
+        assert "mistral-7b/train-00000-of-00001.parquet" in result.deleted
+        assert "mistral-7b/train-00000-of-00001.parquet" not in files and "mistral-7b/report.json" in files
+        card = DatasetCard(files["README.md"].decode())
+        assert [c["config_name"] for c in card.data.configs] == ["llama2-7b", "reflections"]
+        # A later push of the other config keeps the empty one's section, read back from its report on the repo.
+        push_release(repo_id=REPO, workdir=full, students=["llama2-7b"], token=token, endpoint=hub.endpoint)
+        card = DatasetCard(hub.state.files_at("dataset", REPO)["README.md"].decode())
+    assert [c["config_name"] for c in card.data.configs if c.get("default")] == ["llama2-7b"]
+    assert "No row passed the selection" in card.text.split("### `mistral-7b`", 1)[1]

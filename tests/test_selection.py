@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from recycled_datasets.errors import ConfigError, InputError
+from recycled_datasets.records import SUBSET_COLUMNS
 from recycled_datasets.selection import (
     DROP_IFD,
     DROP_MISSING_SCORE,
@@ -15,7 +16,6 @@ from recycled_datasets.selection import (
     DROP_PAPER_ORI,
     DROP_RIFD,
     DROP_TOP,
-    SUBSET_COLUMNS,
     SelectionConfig,
     SelectionReport,
     report_table,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +65,39 @@ def test_the_hugging_face_token_goes_only_to_hugging_face_hosts_over_https(url, 
     monkeypatch.setenv("SRECYCLE_TEACHER_TOKEN", "mine")
     assert teacher_token(url) == "mine"  # the teacher token is meant for the teacher servers, whichever they are
     assert teacher_token(url, "explicit") == "explicit"
+
+
+_OFFLINE_REFLECT = """
+import sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import huggingface_hub.constants
+from teacher_server import TeacherServer
+from recycled_datasets.records import assign_ids
+from recycled_datasets.teacher import ReflectConfig, reflect_rows
+
+assert huggingface_hub.constants.HF_HUB_OFFLINE, "the Hub must be offline for this check"
+rows = assign_ids([("Give three tips for staying healthy.", "", "Eat well, sleep, exercise.")])
+with TeacherServer() as server, tempfile.TemporaryDirectory() as tmp:
+    config = ReflectConfig(
+        teacher=server.url, store_dir=Path(tmp) / "store", max_new_tokens=64, backoff_base=0.005,
+        backoff_max=0.05, timeout=5.0, health_timeout=5.0, durable=False, progress=False,
+    )
+    result = reflect_rows(rows, config)
+    print(result.table["ins_status"].to_list(), result.table["both_status"].to_list(), server.generation_requests())
+"""
+
+
+def test_a_loopback_teacher_works_when_hf_hub_offline_is_set_before_any_import():
+    """HF_HUB_OFFLINE is about the Hub: the user's own teacher server must still answer, whenever the Hub
+    library reads the variable (here at its very first import, as on a cluster that exports it)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_REFLECT, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['ok'] ['ok'] 3"

@@ -253,6 +253,20 @@ def _existing_release(api, repo_id: str, sha: str, files: frozenset[str], tmp: P
             report = json.loads(Path(path).read_text(encoding="utf-8"))
         plots = tuple(sorted(f for f in files if f.startswith(f"{PLOTS_DIR}/{name}/") and f.endswith(".png")))
         entries.append(ConfigEntry(name=name, rows=rows, info=info, report=report, plots=plots))
+    # A student config that kept no row is not in the YAML (it is not loadable) but still has its report on the
+    # repo: read it back so that its section stays in the card when another config is pushed.
+    listed = {e.name for e in entries}
+    for path in sorted(files):
+        name, _, rest = path.partition("/")
+        if rest != REPORT_FILE or name in listed or name == REFLECTIONS_CONFIG:
+            continue
+        local = api.hf_hub_download(repo_id, path, repo_type="dataset", revision=sha, local_dir=tmp)
+        report = json.loads(Path(local).read_text(encoding="utf-8"))
+        if report.get("rows_kept") != 0:
+            continue  # a report left outside the card by hand: not a config of this release
+        plots = tuple(sorted(f for f in files if f.startswith(f"{PLOTS_DIR}/{name}/") and f.endswith(".png")))
+        entries.append(ConfigEntry(name=name, rows=0, info={"config_name": name}, report=report, plots=plots))
+        listed.add(name)
     logger.info("repo %s already has configs: %s", repo_id, ", ".join(e.name for e in entries) or "none")
     return ExistingRelease(configs=tuple(entries), files=files)
 

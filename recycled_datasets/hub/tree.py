@@ -8,6 +8,10 @@ Layout (one config per student, plus the student-independent reflections)::
     reflections/train-00000-of-00001.parquet   every variant of every source row, long layout
     plots/KEY/{ifd,rifd,kept}.png              the figures the card shows
 
+A student whose selection kept no row gets no data file and no entry in the card's YAML (``datasets`` cannot
+load a 0-row parquet), but keeps its ``KEY/report.json``, its plots and its section in the card body, which
+says that no row passed. If no student has a row, ``reflections`` is the default config.
+
 A config owns ``KEY/`` and ``plots/KEY/``; re-publishing a config replaces exactly those files. The
 report is committed next to the data so that a later push of another config can still render this
 config's table without the original workdir. Parquet files are byte-identical for identical inputs: fixed
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import ConfigError, InputError
-from recycled_datasets.records import REFLECTION_COLUMNS, VARIANTS
+from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
 from recycled_datasets.store import write_table
 
 logger = logging.getLogger(__name__)
@@ -36,7 +40,6 @@ DATA_FILE = "train-00000-of-00001.parquet"
 REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
 PLOT_NAMES = ("ifd", "rifd", "kept")
-SUBSET_COLUMNS = ("instruction", "input", "output", "id", "variant", "ifd", "rifd", "student", "teacher")
 REFLECTIONS_LONG_COLUMNS = ("id", "source_index", "variant", "instruction", "input", "output", "status", "detail")
 _RESERVED = {REFLECTIONS_CONFIG, PLOTS_DIR, "data", "README.md"}
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -55,6 +58,11 @@ class ConfigEntry:
     report: dict[str, Any] | None = None
     plots: tuple[str, ...] = ()
 
+    @property
+    def empty(self) -> bool:
+        """A student config whose selection kept no row: shown in the card body, but not loadable."""
+        return self.report is not None and self.rows == 0
+
 
 @dataclass(frozen=True)
 class ExistingRelease:
@@ -70,10 +78,11 @@ class ReleaseTree:
 
     root: Path
     files: tuple[str, ...]
-    configs: tuple[str, ...]  # every config in the card, the default first
-    pushed: tuple[str, ...]  # the configs whose files this tree carries
+    configs: tuple[str, ...]  # every loadable config in the card's YAML, the default first
+    pushed: tuple[str, ...]  # the configs whose files this tree carries (empty ones included)
     default_config: str
     rows: dict[str, int] = field(default_factory=dict)
+    empty: tuple[str, ...] = ()  # pushed student configs that kept no row: report and card section only
 
     def owned_prefixes(self) -> tuple[str, ...]:
         """Repo path prefixes that belong to the pushed configs (what a push may delete)."""
@@ -140,7 +149,15 @@ def build_tree(
     for student in work.students:
         table = _subset_table(student.subset)
         rel = f"{student.key}/{DATA_FILE}"
-        write_table(table, dest / rel)
+        (dest / student.key).mkdir(parents=True)
+        if table.num_rows:
+            write_table(table, dest / rel)
+        else:
+            logger.warning(
+                "student %s: no row passed the selection; its config is left out of the release's loadable "
+                "configs (only its report and card section are written)",
+                student.key,
+            )
         (dest / student.key / REPORT_FILE).write_text(_canonical_json(student.report), encoding="utf-8")
         plots = write_plots(
             scores=student.scores,
@@ -151,7 +168,7 @@ def build_tree(
         entries[student.key] = ConfigEntry(
             name=student.key,
             rows=table.num_rows,
-            info=_dataset_info(student.key, table, dest / rel),
+            info=_dataset_info(student.key, table, dest / rel) if table.num_rows else {"config_name": student.key},
             report=student.report,
             plots=tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots),
         )
@@ -165,10 +182,11 @@ def build_tree(
     )
 
     configs = _merge_configs(existing, entries)
-    default = configs[0].name
+    loadable = [c for c in configs if not c.empty]
+    default = loadable[0].name  # the first student with rows, else reflections (always loadable)
     card = render_card(
         "dataset_card.md.j2",
-        _card_metadata(work.meta, configs, default, repo_id),
+        _card_metadata(work.meta, loadable, default, repo_id),
         repo_id=repo_id or "ORG/NAME",
         repo_id_known=repo_id is not None,
         pretty_name=_pretty_name(work.meta),
@@ -187,10 +205,11 @@ def build_tree(
     return ReleaseTree(
         root=final,
         files=files,
-        configs=tuple(c.name for c in configs),
+        configs=tuple(c.name for c in loadable),
         pushed=tuple(entries),
         default_config=default,
         rows={c.name: c.rows for c in configs},
+        empty=tuple(c.name for c in configs if c.empty and c.name in entries),
     )
 
 
