@@ -415,8 +415,8 @@ def test_acceptance_30_real_alpaca_rows_with_the_embedded_teacher_and_student(tm
     About 15 minutes on 2 shared CPU cores. Built with --keep-unreflected (see the test above), then cut
     again in paper mode from the cached scores.
     """
-    import shutil
     import subprocess
+    import sys
 
     import datasets
 
@@ -424,7 +424,7 @@ def test_acceptance_30_real_alpaca_rows_with_the_embedded_teacher_and_student(tm
     workdir = tmp_path / "alpaca30"
     started = time.monotonic()
     subprocess.run(
-        [shutil.which("srecycle") or "srecycle", "build", "--source", str(source), "--limit", "30"]
+        [sys.executable, "-m", "recycled_datasets", "build", "--source", str(source), "--limit", "30"]
         + ["--student", STUDENT, "--teacher", "local", "--max-new-tokens", "64", "--workdir", str(workdir)]
         + ["--keep-unreflected", "-q"],
         check=True,
