@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda when available)")
+    parser.add_argument("--chunk", type=int, default=50, help="rows per alternating timing chunk")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -61,19 +62,29 @@ def main() -> int:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    started = time.perf_counter()
+    # The two are timed on alternating chunks of rows, so a change in machine load during the run (these
+    # machines are shared) falls on both sides alike instead of biasing the ratio.
+    config = ScoreConfig(max_length=args.max_length, dtype=args.dtype, batch_tokens=args.batch_tokens, device=device)
     planner = Planner(tokenizer, spec.template, args.max_length)
     plans = planner.plan(pairs)
-    losses = naive_losses(naive_model, list(planner.jobs.values()), device=device)
-    sync()
-    naive_seconds = time.perf_counter() - started
-    del naive_model
+    losses: dict[str, float] = {}
+    frames = []
+    naive_seconds = fast_seconds = 0.0
+    for lo in range(0, len(pairs), args.chunk):
+        chunk_planner = Planner(tokenizer, spec.template, args.max_length)
+        started = time.perf_counter()
+        chunk_planner.plan(pairs[lo : lo + args.chunk])
+        losses.update(naive_losses(naive_model, list(chunk_planner.jobs.values()), device=device))
+        sync()
+        naive_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        frames.append(score_pairs(pairs[lo : lo + args.chunk], spec, config))
+        sync()
+        fast_seconds += time.perf_counter() - started
+        print(f"rows {lo + len(frames[-1])}/{len(pairs)}: naive {naive_seconds:.0f} s, scorer {fast_seconds:.0f} s")
+    import polars as pl
 
-    config = ScoreConfig(max_length=args.max_length, dtype=args.dtype, batch_tokens=args.batch_tokens, device=device)
-    started = time.perf_counter()
-    frame = score_pairs(pairs, spec, config)
-    sync()
-    fast_seconds = time.perf_counter() - started
+    frame = pl.concat(frames)
 
     def ratio(cond: int, direct: int, plan) -> float | None:  # noqa: ANN001
         a, b = plan.jobs[cond], plan.jobs[direct]
