@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from recycled_datasets.records import (
     SourceRow,
     assign_ids,
 )
+from recycled_datasets.scoring import ScoreConfig
 from recycled_datasets.selection import (
     Selection,
     SelectionConfig,
@@ -280,26 +281,13 @@ def rows_of(reflections: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
 
 
 # ---- stage 3: scores --------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ScoreSettings:
-    """How the student scores: the fields of the scorer's ScoreConfig that a build exposes."""
-
-    max_length: int = 2048
-    dtype: str | None = None
-    batch_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_length < 8:
-            raise ConfigError(f"--max-length must be at least 8, not {self.max_length}")
-
-
-def student_record(spec: StudentSpec, settings: ScoreSettings) -> dict[str, str]:
+def student_record(spec: StudentSpec, settings: ScoreConfig) -> dict[str, str]:
     """The student as report.json and scores.json name it (template and dtype as actually used)."""
     return {
         "key": spec.key,
         "model": spec.model,
         "revision": spec.revision,
-        "template": spec.template,
+        "template": settings.template or spec.template,
         "dtype": settings.dtype or spec.dtype,
         "base_model": spec.hub_id,
     }
@@ -334,7 +322,7 @@ class ScoreOutcome:
 
 
 def ensure_scores(
-    reflections: pl.DataFrame, spec: StudentSpec, settings: ScoreSettings, *, workdir: Path
+    reflections: pl.DataFrame, spec: StudentSpec, settings: ScoreConfig, *, workdir: Path
 ) -> ScoreOutcome:
     """DIR/students/KEY/scores.parquet for these reflections, reused when scores.json says it matches.
 
@@ -344,7 +332,7 @@ def ensure_scores(
     """
     import polars as pl
 
-    from recycled_datasets.scoring import ScoreConfig, score_pairs
+    from recycled_datasets.scoring import score_pairs
 
     folder = student_dir(workdir, spec.key)
     out = folder / "scores.parquet"
@@ -365,13 +353,7 @@ def ensure_scores(
         logger.info("%s: scores.json differs from this build (student, settings or reflections): rescoring", spec.key)
 
     parts = folder / "scores.parquet.parts"
-    config = ScoreConfig(
-        template=spec.template,
-        max_length=settings.max_length,
-        dtype=settings.dtype or spec.dtype,
-        batch_tokens=settings.batch_tokens,
-        cache_dir=parts,
-    )
+    config = replace(settings, template=record["template"], dtype=record["dtype"], cache_dir=parts)
     try:
         scored = score_pairs(pairs, spec, config)
     except StoreError:
@@ -481,7 +463,7 @@ class BuildConfig:
     limit: int | None = None
     skip_invalid: bool = False
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    scoring: ScoreSettings = field(default_factory=ScoreSettings)
+    scoring: ScoreConfig = field(default_factory=ScoreConfig)
     release: bool = True
 
     def __post_init__(self) -> None:
@@ -673,7 +655,6 @@ def import_reflections(source: str, workdir: Path) -> ImportResult:
 __all__ = [
     "BuildConfig",
     "BuildResult",
-    "ScoreSettings",
     "SelectionReport",
     "build",
     "ensure_reflections",

@@ -98,8 +98,9 @@ def build(
     from rich.table import Table
 
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.pipeline import BuildConfig, ScoreSettings
+    from recycled_datasets.pipeline import BuildConfig
     from recycled_datasets.pipeline import build as run_build
+    from recycled_datasets.scoring import ScoreConfig
 
     started = time.monotonic()
     spec = resolve_student(student, name=name, template=template, students_file=students_file)
@@ -112,7 +113,7 @@ def build(
         limit=limit,
         skip_invalid=skip_invalid,
         selection=_selection(keep_unreflected, top_k, top_p),
-        scoring=ScoreSettings(max_length=max_length, dtype=dtype, batch_tokens=batch_tokens),
+        scoring=ScoreConfig(max_length=max_length, dtype=dtype, batch_tokens=batch_tokens),
     )
     result = run_build(config)
     _print_selection(result.selection, workdir, spec.key)
