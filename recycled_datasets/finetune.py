@@ -16,7 +16,6 @@ settings) and the project's model card written from it by :func:`recycled_datase
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import ConfigError, HubError, InputError, ModelError
+from recycled_datasets.hub.model_card import FINETUNE_FILE
+from recycled_datasets.store import write_json
 from recycled_datasets.templates import render_prompt, validate_template
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_FILE = "srecycle_finetune.json"
 # Alpaca (CC BY-NC 4.0) and WizardLM data, and the teacher outputs derived from them, are released for
 # non-commercial use; a checkpoint trained on a subset without a declared license inherits that restriction.
 DEFAULT_LICENSE = "cc-by-nc-4.0"
@@ -608,7 +608,7 @@ def finetune(config: FinetuneConfig, *, push: str | None = None) -> FinetuneResu
     trainer.save_model(str(config.output_dir))
     if trainer.is_world_process_zero():
         metadata = finetune_metadata(job, train_loss)
-        (config.output_dir / FINETUNE_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        write_json(config.output_dir / FINETUNE_FILE, metadata)
         from recycled_datasets.hub import push_model, write_model_card
 
         write_model_card(config.output_dir)
