@@ -52,6 +52,8 @@ def test_float32_equals_the_naive_loop(student):
         assert row["n_response_tokens"] > 0 and row["n_instruction_tokens"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_float32_equals_naive_on_100_real_rows(student, alpaca_path):
     """Acceptance: with --dtype float32, IFD and r-IFD equal the naive loop's to 1e-4 relative on 100 real rows."""
     rows = read_source(alpaca_path, limit=100).rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ class LocalTeacher:
         self.teacher_revision = self.spec.revision
         # Two batches' worth of requests in the window: the next batch is ready when one ends.
         self.window = 2 * self.batch_size
+        self._tokenizer_lock = threading.Lock()
         self.tokenizer: Any = None
         self.limits = ServerLimits()
         self._model: Any = None
@@ -95,10 +97,11 @@ class LocalTeacher:
         """The request for one user turn: the chat-templated prompt and a budget that fits the context."""
         if self.tokenizer is None:
             raise RuntimeError("LocalTeacher.start() was not awaited")
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:  # the batcher thread pads with the same (stateful) fast tokenizer
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         budget = max_new_tokens
         if self.limits.max_total_tokens is not None:
             room = self.limits.max_total_tokens - n_prompt
@@ -156,8 +159,11 @@ class LocalTeacher:
         import torch
 
         tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # A fast tokenizer keeps its padding setting on the shared Rust object; a call without padding from
+        # the event loop's thread (prepare) would switch it off in the middle of this one.
+        with self._tokenizer_lock:
+            tokenizer.padding_side = "left"
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             torch.manual_seed(seed)
