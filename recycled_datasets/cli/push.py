@@ -74,6 +74,10 @@ def push_model(
     to_dir: ToDir = None,
     tag: Tag = None,
     private: Private = False,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option("--eval", help="A `srecycle judge` output folder: its results go into the model card."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Upload a fine-tuned checkpoint with a model card that names the data it was trained on."""
@@ -84,7 +88,9 @@ def push_model(
 
     setup_logging(quiet=quiet)
     set_quiet(quiet)
-    result = push_checkpoint(checkpoint=checkpoint, repo_id=repo, to_dir=to_dir, private=private, tag=tag)
+    result = push_checkpoint(
+        checkpoint=checkpoint, repo_id=repo, to_dir=to_dir, private=private, tag=tag, eval_dir=eval_dir
+    )
     table = Table(title=f"srecycle push-model: {repo}")
     table.add_column("")
     table.add_column("")

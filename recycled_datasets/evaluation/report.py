@@ -190,10 +190,11 @@ def results_table(summary: dict[str, Any]) -> Any:
 
     table = Table(
         title=f"{summary['a']} (A) vs {summary['b']} (B), judge {summary['judge']}",
-        caption="disagree: share of pairs whose two orders disagree; adj. win: (W + T/2) / (W + T + L)",
+        caption="orders differ: share of pairs whose two orders disagree; adj. win: (W + T/2) / (W + T + L)",
     )
-    for name in ("test set", "win", "tie", "loss", "invalid", "win score", "adj. win", "disagree", "words A/B"):
-        table.add_column(name, justify="left" if name == "test set" else "right", no_wrap=True)
+    headers = ("test\nset", "win", "tie", "loss", "invalid", "win\nscore", "adj.\nwin", "orders\ndiffer", "words\nA/B")
+    for name in headers:
+        table.add_column(name, justify="left" if name == headers[0] else "right")
     rows = [*summary["test_sets"].items(), (POOLED, summary[POOLED])]
     for i, (name, s) in enumerate(rows):
         table.add_row(
