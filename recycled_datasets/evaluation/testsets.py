@@ -31,7 +31,7 @@ class Question:
     instruction: str
 
 
-def test_set_name(path: Path) -> str:
+def set_name(path: Path) -> str:
     stem = Path(path).name
     for suffix in SUFFIXES:
         if stem.endswith(suffix):
@@ -102,7 +102,7 @@ def instruction_of(record: dict[str, Any], *, path: Path, row: int) -> str:
     )
 
 
-def test_files(paths: Sequence[Path]) -> list[Path]:
+def question_files(paths: Sequence[Path]) -> list[Path]:
     """The test files named by ``paths``: files as given, and the JSON / JSONL / parquet files of folders."""
     files: list[Path] = []
     for path in map(Path, paths):
@@ -117,7 +117,7 @@ def test_files(paths: Sequence[Path]) -> list[Path]:
             raise InputError("no such file or folder", path=str(path))
     names: dict[str, Path] = {}
     for file in files:
-        name = test_set_name(file)
+        name = set_name(file)
         if name in names and names[name] != file:
             raise InputError(f"two test files give the test set name {name!r} ({names[name]} and {file})")
         names[name] = file
@@ -127,8 +127,8 @@ def test_files(paths: Sequence[Path]) -> list[Path]:
 def read_questions(paths: Sequence[Path], *, limit: int | None = None) -> list[Question]:
     """Every question of the test sets in ``paths``, file by file in row order (``limit``: the first N per set)."""
     questions: list[Question] = []
-    for file in test_files(paths):
-        name = test_set_name(file)
+    for file in question_files(paths):
+        name = set_name(file)
         taken = 0
         for row, record in read_records(file):
             if limit is not None and taken >= limit:

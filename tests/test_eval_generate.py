@@ -1,0 +1,116 @@
+"""Test sets as the paper's files spell them, answers from a server through the teacher's client, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import SHARED_DATA
+from teacher_server import Faults, TeacherServer
+
+from recycled_datasets.cli import main
+from recycled_datasets.evaluation.generate import ANSWER_COLUMNS
+from recycled_datasets.evaluation.testsets import read_questions, set_name
+from recycled_datasets.templates import render_prompt
+
+EVAL = SHARED_DATA / "eval"
+PAPER_SIZES = {"vicuna": 80, "koala": 180, "wizardlm": 218, "sinstruct": 252, "lima": 300}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_each_files_question_field_and_name(tmp_path):
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    _jsonl(folder / "vicuna_test_set.jsonl", [{"question_id": 7, "text": "Vicuna question?", "category": "x"}])
+    _jsonl(folder / "koala_test_set.jsonl", [{"id": "koala_0", "prompt": "Koala question?"}])
+    _jsonl(folder / "wizardlm_test_set.jsonl", [{"idx": 1, "Skill": "Math", "Instruction": "WizardLM question?"}])
+    _jsonl(folder / "sinstruct_test_set.jsonl", [{"id": "u_0", "instruction": "Self-Instruct question?"}])
+    _jsonl(folder / "lima_test_set.jsonl", [{"conversations": "LIMA question?"}])
+    turns = [{"from": "human", "value": "A chat question?"}, {"from": "gpt", "value": "An answer."}]
+    (folder / "chat.json").write_text(json.dumps([{"conversations": turns}]), encoding="utf-8")
+    (folder / "notes.txt").write_text("not a test set")
+    questions = read_questions([folder])
+    assert [(q.test_set, q.id, q.instruction) for q in questions] == [
+        ("chat", "1", "A chat question?"),
+        ("koala", "koala_0", "Koala question?"),
+        ("lima", "1", "LIMA question?"),
+        ("sinstruct", "u_0", "Self-Instruct question?"),
+        ("vicuna", "7", "Vicuna question?"),
+        ("wizardlm", "1", "WizardLM question?"),
+    ]
+    assert set_name(Path("x/my_questions.parquet")) == "my_questions"
+
+
+def test_the_papers_five_files(tmp_path):
+    if not EVAL.is_dir():
+        pytest.skip(f"{EVAL} not found (../shared is absent)")
+    questions = read_questions([EVAL])
+    sizes = {name: sum(q.test_set == name for q in questions) for name in PAPER_SIZES}
+    assert sizes == PAPER_SIZES
+    assert all(q.instruction.strip() for q in questions)
+    assert len(read_questions([EVAL], limit=5)) == 25
+
+
+def test_answers_from_a_server_in_the_models_own_format_then_none_again(tmp_path, capsys):
+    tests = _jsonl(tmp_path / "mini_test_set.jsonl", [{"text": f"Question number {i}?"} for i in range(4)])
+    out = tmp_path / "answers.parquet"
+    echo = Faults(burst_429=2, reply=lambda text, temperature: f"ECHO {text}")  # the server shows what it got
+    with TeacherServer(model="fixture/student-7b", faults=echo) as srv:
+        args = ["generate", "--server", srv.url, "--api", "generate", "--template", "vicuna"]
+        args += ["--test-sets", str(tests), "--output", str(out), "--max-new-tokens", "200", "-q"]
+        main(args)
+        table = pl.read_parquet(out)
+        assert table.columns == list(ANSWER_COLUMNS) and table.height == 4
+        assert table["test_set"].unique().to_list() == ["mini"]
+        assert table["model"].unique().to_list() == ["fixture/student-7b"]
+        assert table["template"].unique().to_list() == ["vicuna"]
+        assert all(table["output"].str.len_chars() > 0) and table["n_output_tokens"].null_count() == 0
+        # TGI's route got the exact vicuna prompt, no chat template around it; the 429s were retried.
+        prompts = [f"ECHO {render_prompt('vicuna', f'Question number {i}?')}" for i in range(4)]
+        assert table["output"].to_list() == prompts
+        assert srv.outcomes() == {"ok": 4, "429": 2}
+        assert {e.route for e in srv.events} <= {"/", "/generate"}  # TGI's native route, not the chat one
+
+        srv.reset_log()
+        main(args[:-1])
+        assert srv.generation_requests() == 0
+        assert "generated / from the store │ 0 / 4" in capsys.readouterr().out
+        assert pl.read_parquet(out).equals(table)
+
+
+def _error(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_generate_input_is_a_one_line_error(tmp_path, capsys):
+    out = ["--output", str(tmp_path / "a.parquet")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no .json, .jsonl or .parquet" in _error(
+        capsys, ["generate", "smollm2-135m", "--test-sets", str(empty), *out]
+    )
+
+    bad = _jsonl(tmp_path / "bad_test_set.jsonl", [{"text": "ok?"}, {"question": ""}, {"answer": "no question"}])
+    assert "bad_test_set.jsonl, row 2, field 'question'" in _error(
+        capsys, ["generate", "smollm2-135m", "--test-sets", str(bad), *out]
+    )
+    good = _jsonl(tmp_path / "good.jsonl", [{"text": "ok?"}])
+    err = _error(
+        capsys,
+        ["generate", "--server", "http://127.0.0.1:9/v1", "--template", "alpaca", "--test-sets", str(good), *out],
+    )
+    assert "--api generate" in err
+    assert "must end in .parquet" in _error(
+        capsys, ["generate", "smollm2-135m", "--test-sets", str(good), "--output", str(tmp_path / "a.csv")]
+    )
