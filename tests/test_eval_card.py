@@ -96,3 +96,41 @@ def test_an_eval_folder_without_results_is_a_one_line_error(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "no results.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_push_eval_links_the_evaluation_in_that_students_dataset_card_section(tmp_path, eval_dir, capsys):
+    from hub_server import make_workdir
+    from huggingface_hub import DatasetCard
+
+    work = make_workdir(tmp_path / "work")
+    out = tmp_path / "dataset"
+    main(
+        [
+            "push",
+            "--repo",
+            "org/srecycled",
+            "--workdir",
+            str(work),
+            "--to-dir",
+            str(out),
+            "--eval",
+            f"llama2-7b={eval_dir}",
+            "-q",
+        ]
+    )
+    card = DatasetCard.load(out / "README.md").text
+    llama = card[card.index("### `llama2-7b`") : card.index("### `mistral-7b`")]
+    assert "**Evaluation.** `ckpt`, trained on\nthis config, against `org/base-7b`" in llama
+    assert "| vicuna | 2 | 0 | 1 | 0 | 1.333 |" in llama and "| all | 2 | 1 | 1 | 1 | 1.250 |" in llama
+    assert "[`llama2-7b/report.json`](llama2-7b/report.json)" in llama
+    assert "Evaluation" not in card[card.index("### `mistral-7b`") :]  # only the student it was given for
+    report = json.loads((out / "llama2-7b" / "report.json").read_text())
+    assert report["evaluation"]["all"]["win_score"] == 1.25 and report["evaluation"]["judge"] == "org/judge-70b"
+
+    # It stays with the workdir: a later push without --eval keeps the section.
+    main(["push", "--repo", "org/srecycled", "--workdir", str(work), "--to-dir", str(tmp_path / "again"), "-q"])
+    assert "**Evaluation.**" in (tmp_path / "again" / "README.md").read_text()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--repo", "org/x", "--workdir", str(work), "--to-dir", str(tmp_path / "o"), "--eval", "nokey"])
+    assert exit_info.value.code == 2 and "KEY=DIR" in capsys.readouterr().err

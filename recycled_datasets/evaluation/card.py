@@ -106,3 +106,17 @@ def card_evaluation(checkpoint: Path, *, model_name: str) -> CardEvaluation | No
     model_index = ModelCardData(model_name=model_name, eval_results=evals).to_dict().get("model-index", [])
     plot = f"{EVAL_FOLDER}/{PLOT_FILE}" if (folder / PLOT_FILE).is_file() else None
     return CardEvaluation(results["a"], results["b"], results["judge"], rows, plot, model_index)
+
+
+def release_evaluation(folder: Path) -> dict[str, Any]:
+    """The part of a judge report that a dataset card shows in its student's section (and keeps in the
+    config's ``report.json``): who was compared, by which judge, and the counts and scores per test set."""
+    results = read_results(Path(folder) / RESULTS_FILE)
+    keep = (*_SET_KEYS, "pairs")
+    return {
+        "a": results["a"],
+        "b": results["b"],
+        "judge": results["judge"],
+        "test_sets": {name: {k: s.get(k) for k in keep} for name, s in results["test_sets"].items()},
+        POOLED: {k: results[POOLED].get(k) for k in keep},
+    }
