@@ -114,3 +114,40 @@ def test_bad_generate_input_is_a_one_line_error(tmp_path, capsys):
     assert "must end in .parquet" in _error(
         capsys, ["generate", "smollm2-135m", "--test-sets", str(good), "--output", str(tmp_path / "a.csv")]
     )
+
+
+def test_evaluate_answers_both_models_then_judges_and_a_rerun_asks_nothing(tmp_path, capsys):
+    tests = _jsonl(tmp_path / "mini_test_set.jsonl", [{"text": f"Question number {i}?"} for i in range(3)])
+
+    def verdict(text: str, temperature: float) -> str:  # the judge prefers the tuned model's answer
+        first = text.split("Assistant 1's Answer]\n", 1)[1]
+        return "9 3\nbetter" if first.startswith("TUNED") else "3 9\nworse"
+
+    tuned = Faults(reply=lambda text, temperature: f"TUNED answer to {text}")
+    base = Faults(reply=lambda text, temperature: f"BASE answer to {text}")
+    with (
+        TeacherServer(model="srv/tuned", faults=tuned) as a,
+        TeacherServer(model="srv/base", faults=base) as b,
+        TeacherServer(model="srv/judge", faults=Faults(reply=verdict)) as judge,
+    ):
+        args = ["evaluate", "--model", "tuned-7b", "--model-server", a.v1, "--baseline", "base-7b"]
+        args += ["--baseline-server", b.v1, "--test-sets", str(tests), "--judge", judge.v1]
+        args += ["--output", str(tmp_path / "eval"), "--max-new-tokens", "64"]
+        main(args)
+        printed = capsys.readouterr().out
+        results = json.loads((tmp_path / "eval" / "results.json").read_text())
+        assert (results["a"], results["b"], results["judge"]) == ("tuned-7b", "base-7b", "srv/judge")
+        assert {k: results["all"][k] for k in ("win", "tie", "loss", "invalid")} == {
+            "win": 3,
+            "tie": 0,
+            "loss": 0,
+            "invalid": 0,
+        }
+        assert results["all"]["win_score"] == 2.0 and "2.000" in printed
+        answers = pl.read_parquet(tmp_path / "eval" / "answers" / "model.parquet")
+        assert answers["output"].to_list() == [f"TUNED answer to Question number {i}?" for i in range(3)]
+
+        for server in (a, b, judge):
+            server.reset_log()
+        main([*args, "-q"])
+        assert [s.generation_requests() for s in (a, b, judge)] == [0, 0, 0]

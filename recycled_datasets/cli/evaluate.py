@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from recycled_datasets.cli.generate import BatchSize, GenMaxNewTokens, Limit, TestSets
-from recycled_datasets.cli.judge import Concurrency, Judge, JudgeName, TestSetNames, show
+from recycled_datasets.cli.judge import Concurrency, Judge, JudgeName, show
 from recycled_datasets.cli.options import Quiet, StudentsFile
 
 
@@ -42,7 +42,9 @@ def evaluate(
         int | None, typer.Option("--judge-max-new-tokens", min=1, help="Verdict budget (default 512; local 64).")
     ] = None,
     concurrency: Concurrency = None,
-    only: TestSetNames = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Judge only these test sets (repeatable). Default: all.")
+    ] = None,
     judge_name: JudgeName = None,
     students_file: StudentsFile = None,
     quiet: Quiet = False,

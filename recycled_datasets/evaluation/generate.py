@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recycled_datasets.errors import ConfigError, InputError
+from recycled_datasets.errors import ConfigError, InputError, TeacherError
 from recycled_datasets.evaluation.testsets import Question, read_questions
 from recycled_datasets.store import arrow_schema, write_json, write_table
 from recycled_datasets.teacher.store import ANSWER_OK, AnswerStore, request_key
@@ -104,9 +104,11 @@ class GenerateConfig:
             split_urls(self.server)
             if self.api not in APIS:
                 raise ConfigError(f"unknown --api {self.api!r}: choose {' or '.join(APIS)}")
+            if self.template is None and self.model is not None and Path(self.model).is_dir():
+                self.template = checkpoint_template(Path(self.model))  # the served checkpoint's own format
             if self.api == "chat" and self.template not in (None, "chat"):
                 raise ConfigError(
-                    f"--template {self.template} needs the exact prompt text: serve the model with TGI and use "
+                    f"template {self.template} needs the exact prompt text: serve the model with TGI and use "
                     "--api generate with the server's root URL (a /v1 chat server applies the model's chat template)"
                 )
         if not self.test_sets:
@@ -160,6 +162,11 @@ def _rows(questions: list[Question], answers: list[tuple[str, int | None, str | 
     return pa.Table.from_pylist(records, schema=schema)
 
 
+def _label(model: str) -> str:
+    """A short name for tables and cards: a folder's or file's name, else the key or Hub id as given."""
+    return Path(model).name if Path(model).exists() else model
+
+
 # ---- local ---------------------------------------------------------------------------------------------------
 
 
@@ -175,8 +182,7 @@ class _LocalModel:
             config.model, template=config.template or folder_template, students_file=config.students_file
         )
         self.template = self.spec.template
-        # A short label for tables and cards: a folder's or file's name, else the key or Hub id as given.
-        self.name = Path(config.model).name if Path(config.model).exists() else config.model
+        self.name = _label(config.model)
         self.config = config
         self.tokenizer: Any = None
         self.model: Any = None
@@ -298,7 +304,7 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
         concurrency=config.batch_size,
         timeout=config.timeout,
         retry=RetryPolicy(max_retries=config.max_retries),
-        teacher_name=config.model,
+        teacher_name=None if config.model is None else _label(config.model),
         raw_prompts=config.api == "generate",
     )
     settings = ReflectConfig(
@@ -324,7 +330,10 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
             try:
                 text, finish = await run.ask(text_of(q), 0)
             except Rejected as e:
-                raise InputError(f"the server refused this question: {e.reason}", path=q.test_set, row=i + 1) from e
+                raise TeacherError(
+                    f"{q.test_set} question {q.id}: the server refused it for good ({e.reason}); raise the "
+                    "server's input limit or leave the question out"
+                ) from e
             payload = teacher.prepare(text_of(q), max_new_tokens=config.max_new_tokens, temperature=0.0, seed=0)
             stored = store.get(request_key(teacher.cache_id, GENERATE_VERSION, payload))
             answers[i] = (text.strip(), stored.completion_tokens if stored else None, finish)
