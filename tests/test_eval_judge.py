@@ -79,6 +79,7 @@ def test_pooled_win_score_of_a_hand_made_table():
         ("**Assistant 1: 9 / 10, Assistant 2: 6.5 / 10**", (9, 6.5)),
         ("7.5 8.0\n", (7.5, 8.0)),
         ("\n\n  6 6  \nsame", (6, 6)),
+        ("Scores: 9 and 4.\n", (9, 4)),
     ],
 )
 def test_verdicts_in_the_forms_judges_write(text, scores):

@@ -59,7 +59,7 @@ def judge_prompt(question: str, answer_1: str, answer_2: str) -> str:
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _SCORE = rf"{_NUMBER}(?:\s*/\s*10)?"
-_PLAIN = re.compile(rf"^\W*{_SCORE}\s*(?:[,;]|\s|and|vs\.?)\s*{_SCORE}\W*$", re.I)
+_PLAIN = re.compile(rf"^\W*(?:scores?\s*[:=]?\s*)?{_SCORE}\s*(?:[,;]|\s|and|vs\.?)\s*{_SCORE}\W*$", re.I)
 _LABELLED = re.compile(rf"assistant\s*1\s*[:=\-]?\s*{_SCORE}\W+(?:and\s+)?assistant\s*2\s*[:=\-]?\s*{_SCORE}", re.I)
 
 
