@@ -151,3 +151,48 @@ def test_evaluate_answers_both_models_then_judges_and_a_rerun_asks_nothing(tmp_p
             server.reset_log()
         main([*args, "-q"])
         assert [s.generation_requests() for s in (a, b, judge)] == [0, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight Llama with SmolLM2's real tokenizer: real prompts and ids, a generate step in milliseconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recycled_datasets.models import load_tokenizer, resolve_student
+
+    tokenizer = load_tokenizer(resolve_student("smollm2-135m"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_batched_left_padded_answers_equal_one_at_a_time(tmp_path, tiny_model):
+    lengths = [1, 9, 3, 20, 5]  # different prompt lengths: every batch needs padding
+    rows = [{"text": " ".join(["Tell me more about this"] * n) + "?"} for n in lengths]
+    tests = _jsonl(tmp_path / "mixed_test_set.jsonl", rows)
+    tables = []
+    for batch in ("1", "4"):
+        out = tmp_path / f"b{batch}.parquet"
+        args = ["generate", str(tiny_model), "--test-sets", str(tests), "--max-new-tokens", "6"]
+        main([*args, "--batch-size", batch, "--output", str(out), "-q"])
+        tables.append(pl.read_parquet(out))
+    assert tables[0]["instruction"].to_list() == [r["text"] for r in rows]  # the file's order, not the batches'
+    assert tables[0]["n_output_tokens"].min() > 0  # real tokens were generated, not empty answers
+    assert tables[0].equals(tables[1])
+    assert set(tables[0]["template"]) == {"chat"}  # a plain folder: the tokenizer's own chat template
