@@ -196,3 +196,24 @@ def test_batched_left_padded_answers_equal_one_at_a_time(tmp_path, tiny_model):
     assert tables[0]["n_output_tokens"].min() > 0  # real tokens were generated, not empty answers
     assert tables[0].equals(tables[1])
     assert set(tables[0]["template"]) == {"chat"}  # a plain folder: the tokenizer's own chat template
+
+
+def test_a_checkpoint_trained_further_in_its_folder_is_answered_again(tmp_path, tiny_model, capsys):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_model, folder)
+    tests = _jsonl(tmp_path / "two_test_set.jsonl", [{"text": "One?"}, {"text": "Two?"}])
+    args = ["generate", str(folder), "--test-sets", str(tests), "--max-new-tokens", "4", "--output"]
+    main([*args, str(tmp_path / "a.parquet")])
+    main([*args, str(tmp_path / "a.parquet")])
+    assert "generated / from the store │ 0 / 2" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # "more training": new weights in the same folder
+    model.save_pretrained(folder)
+    main([*args, str(tmp_path / "a.parquet")])
+    assert "generated / from the store │ 2 / 0" in capsys.readouterr().out

@@ -189,7 +189,17 @@ class _LocalModel:
 
     @property
     def cache_id(self) -> str:
-        return f"local:{self.spec.model}@{self.spec.revision}"
+        """What keys this model's answers: its location, and for a folder its weight files as they are now, so
+        that a checkpoint trained further in the same folder does not get the old checkpoint's answers."""
+        weights = ""
+        folder = Path(self.spec.model)
+        if folder.is_dir():
+            import hashlib
+
+            files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+            stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+            weights = "#" + hashlib.sha256(stamp.encode()).hexdigest()[:16]
+        return f"local:{self.spec.model}@{self.spec.revision}{weights}"
 
     def load(self) -> None:
         import torch
