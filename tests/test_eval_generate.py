@@ -217,3 +217,10 @@ def test_a_checkpoint_trained_further_in_its_folder_is_answered_again(tmp_path, 
     model.save_pretrained(folder)
     main([*args, str(tmp_path / "a.parquet")])
     assert "generated / from the store │ 2 / 0" in capsys.readouterr().out
+
+
+def test_a_prompt_that_leaves_no_room_for_the_answer_is_a_one_line_error(tmp_path, tiny_model, capsys):
+    tests = _jsonl(tmp_path / "long_test_set.jsonl", [{"text": "Short?"}, {"id": "q2", "text": "word " * 300}])
+    args = ["generate", str(tiny_model), "--test-sets", str(tests), "--max-new-tokens", "1900"]
+    err = _error(capsys, [*args, "--output", str(tmp_path / "a.parquet")])
+    assert "long question q2" in err and "2048-token context" in err

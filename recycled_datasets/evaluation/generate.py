@@ -262,6 +262,14 @@ def _generate_local(config: GenerateConfig, questions: list[Question], store: An
     local = _LocalModel(config)
     local.load()
     ids = local.prompt_ids(questions)
+    context = getattr(local.model.config, "max_position_embeddings", None)
+    for q, x in zip(questions, ids, strict=True):
+        if isinstance(context, int) and len(x) + config.max_new_tokens > context:
+            raise InputError(
+                f"{q.test_set} question {q.id}: its prompt is {len(x)} tokens and with --max-new-tokens "
+                f"{config.max_new_tokens} does not fit the model's {context}-token context; lower --max-new-tokens "
+                "or leave the question out"
+            )
     keys = [
         request_key(local.cache_id, GENERATE_VERSION, {"ids": x, "max_new_tokens": config.max_new_tokens}) for x in ids
     ]
