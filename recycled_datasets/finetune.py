@@ -577,12 +577,17 @@ def finetune_metadata(job: TrainingJob, train_loss: float | None) -> dict[str, A
     }
 
 
-def finetune(config: FinetuneConfig, *, push: str | None = None) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, push: str | None = None, eval_dir: Path | None = None) -> FinetuneResult:
     """Train, save the model and tokenizer, write the metadata and the card, and push when asked.
 
     Resumes from the newest complete checkpoint in the output folder, so a killed run continues where it stopped.
+    ``eval_dir`` (a ``srecycle judge`` output) puts its results into the card.
     """
     started = time.monotonic()
+    if eval_dir is not None:  # a wrong folder fails now, not after training
+        from recycled_datasets.evaluation.card import read_results
+
+        read_results(Path(eval_dir))
     if push:  # fail now, not after hours of training
         from recycled_datasets.hub.publish import check_repo_id, resolve_token
 
@@ -611,6 +616,10 @@ def finetune(config: FinetuneConfig, *, push: str | None = None) -> FinetuneResu
         write_json(config.output_dir / FINETUNE_FILE, metadata)
         from recycled_datasets.hub import push_model, write_model_card
 
+        if eval_dir is not None:
+            from recycled_datasets.evaluation.card import attach_evaluation
+
+            attach_evaluation(config.output_dir, Path(eval_dir))
         write_model_card(config.output_dir)
         if push:
             push_model(checkpoint=config.output_dir, repo_id=push)

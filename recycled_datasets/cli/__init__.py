@@ -48,7 +48,7 @@ def _root(
 
 def _register() -> None:
     # One module per command; each imports only typer and the standard library at module level.
-    from recycled_datasets.cli import build, demo, finetune, push, reflect, score, students
+    from recycled_datasets.cli import build, demo, evaluate, finetune, generate, judge, push, reflect, score, students
 
     app.command("demo")(demo.demo)
     app.command("reflect")(reflect.reflect)
@@ -60,6 +60,9 @@ def _register() -> None:
     app.command("push-model")(push.push_model)
     app.command("finetune")(finetune.finetune)
     app.command("students")(students.students)
+    app.command("generate")(generate.generate)
+    app.command("judge")(judge.judge)
+    app.command("evaluate")(evaluate.evaluate)
 
 
 _register()

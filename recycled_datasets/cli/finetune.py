@@ -23,6 +23,10 @@ def finetune(
     push: Annotated[
         str | None, typer.Option("--push", help="After training, upload the checkpoint to this Hub repo (org/name).")
     ] = None,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option("--eval", help="A `srecycle judge` output folder: its results go into the model card."),
+    ] = None,
     revision: Annotated[str | None, typer.Option("--revision", help=field_help("dataset_revision"))] = None,
     template: Template = None,
     students_file: StudentsFile = None,
@@ -94,7 +98,7 @@ def finetune(
         seed=seed,
         gradient_checkpointing=gradient_checkpointing,
     )
-    result = run_finetune(settings, push=push)
+    result = run_finetune(settings, push=push, eval_dir=eval_dir)
 
     table = Table(title="srecycle finetune", show_header=False)
     table.add_row("student", result.student)

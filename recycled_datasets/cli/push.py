@@ -36,6 +36,14 @@ def push(
     tag: Tag = None,
     private: Private = False,
     to_dir: ToDir = None,
+    eval_dirs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--eval",
+            help="KEY=DIR: the `srecycle judge` output of a model trained on config KEY; its section of the card "
+            "shows and links the results (kept in the workdir for later pushes). Repeatable.",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Publish the workdir's per-student subsets and the reflections as one dataset repo, in one commit."""
@@ -46,6 +54,8 @@ def push(
 
     setup_logging(quiet=quiet)
     set_quiet(quiet)
+    for spec in eval_dirs or ():
+        _attach_dataset_evaluation(workdir, spec)
     students = student or None
     table = Table(title=f"srecycle push: {repo}")
     if to_dir is not None:
@@ -68,12 +78,31 @@ def push(
         console().print(table)
 
 
+def _attach_dataset_evaluation(workdir: Path, spec: str) -> None:
+    from recycled_datasets.errors import ConfigError, InputError
+    from recycled_datasets.evaluation.card import attach_evaluation
+
+    key, sep, folder = spec.partition("=")
+    if not sep or not key or not folder:
+        raise ConfigError(f"--eval {spec!r}: write KEY=DIR (a student config and a `srecycle judge` output folder)")
+    student = workdir / "students" / key
+    if not (student / "report.json").is_file():
+        raise InputError(
+            f"no selection for student {key!r}: run `srecycle select --student {key}` first", path=str(student)
+        )
+    attach_evaluation(student, Path(folder))
+
+
 def push_model(
     checkpoint: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint folder (with srecycle_finetune.json).")],
     repo: Repo,
     to_dir: ToDir = None,
     tag: Tag = None,
     private: Private = False,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option("--eval", help="A `srecycle judge` output folder: its results go into the model card."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Upload a fine-tuned checkpoint with a model card that names the data it was trained on."""
@@ -84,7 +113,9 @@ def push_model(
 
     setup_logging(quiet=quiet)
     set_quiet(quiet)
-    result = push_checkpoint(checkpoint=checkpoint, repo_id=repo, to_dir=to_dir, private=private, tag=tag)
+    result = push_checkpoint(
+        checkpoint=checkpoint, repo_id=repo, to_dir=to_dir, private=private, tag=tag, eval_dir=eval_dir
+    )
     table = Table(title=f"srecycle push-model: {repo}")
     table.add_column("")
     table.add_column("")

@@ -78,7 +78,8 @@ def read_finetune_info(checkpoint_dir: Path) -> FinetuneInfo:
     return FinetuneInfo(**{k: v for k, v in data.items() if k in known})
 
 
-def model_card_text(info: FinetuneInfo) -> str:
+def model_card_text(info: FinetuneInfo, evaluation: Any = None) -> str:
+    """The card of a checkpoint; ``evaluation`` (``evaluation.card.CardEvaluation``) adds a judge's results."""
     metadata: dict[str, Any] = {
         "base_model": info.base_model,
         "base_model_relation": "finetune",
@@ -94,11 +95,14 @@ def model_card_text(info: FinetuneInfo) -> str:
             "tags": ["srecycled", "reflection-tuning", "instruction-tuning", "sft", f"student-{info.student}"],
         }
     )
+    if evaluation is not None and evaluation.model_index:
+        metadata["model-index"] = evaluation.model_index
     columns = _eval_columns(info.eval_results or [])
     return render_card(
         "model_card.md.j2",
         metadata,
         info=info,
+        evaluation=evaluation,
         hyperparameters=sorted(info.hyperparameters.items()),
         eval_columns=columns,
         eval_rows=[[_cell(r.get(c)) for c in columns] for r in info.eval_results or []],
@@ -107,9 +111,12 @@ def model_card_text(info: FinetuneInfo) -> str:
 
 def write_model_card(checkpoint_dir: Path) -> Path:
     """Write ``CHECKPOINT/README.md`` from the checkpoint's fine-tune record; returns its path."""
+    from recycled_datasets.evaluation.card import card_evaluation
+
     info = read_finetune_info(Path(checkpoint_dir))
+    evaluation = card_evaluation(Path(checkpoint_dir), model_name=f"{info.student}-srecycled")
     path = Path(checkpoint_dir) / "README.md"
-    path.write_text(model_card_text(info), encoding="utf-8")
+    path.write_text(model_card_text(info, evaluation), encoding="utf-8")
     return path
 
 
@@ -135,10 +142,19 @@ def push_model(
     private: bool = False,
     tag: str | None = None,
     endpoint: str | None = None,
+    eval_dir: Path | None = None,
 ) -> PushResult:
-    """Upload a checkpoint with its card in one commit (or copy it to ``to_dir`` with no network)."""
+    """Upload a checkpoint with its card in one commit (or copy it to ``to_dir`` with no network).
+
+    ``eval_dir`` (the output folder of ``srecycle judge``) is copied into the checkpoint first, so the card
+    shows and indexes its results.
+    """
     checkpoint = Path(checkpoint)
     check_repo_id(repo_id)
+    if eval_dir is not None:
+        from recycled_datasets.evaluation.card import attach_evaluation
+
+        attach_evaluation(checkpoint, Path(eval_dir))
     write_model_card(checkpoint)
     files = checkpoint_files(checkpoint)
     if to_dir is not None:

@@ -256,9 +256,12 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
         for name in ("subset.parquet", "scores.parquet", "report.json"):
             if not (folder / name).is_file():
                 raise InputError(f"missing {name}: run `srecycle select --student {key}` first", path=str(folder))
-        found.append(
-            _Student(key, folder / "subset.parquet", folder / "scores.parquet", _read_json(folder / "report.json"))
-        )
+        report = _read_json(folder / "report.json")
+        if (folder / "eval").is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
+            from recycled_datasets.evaluation.card import release_evaluation
+
+            report = {**report, "evaluation": release_evaluation(folder / "eval")}
+        found.append(_Student(key, folder / "subset.parquet", folder / "scores.parquet", report))
     for student in found:
         for key in ("rows_in", "rows_kept", "branches", "quantiles", "student"):
             if key not in student.report:

@@ -248,6 +248,7 @@ class HttpTeacher:
         tokenizer: Any = None,
         token: str | None = None,
         seed: int = 0,
+        raw_prompts: bool = False,
     ):
         if api not in APIS:
             raise ConfigError(f"unknown teacher api {api!r}: choose {' or '.join(APIS)}")
@@ -260,6 +261,8 @@ class HttpTeacher:
         self.health_timeout = health_timeout
         self.retry = retry or RetryPolicy()
         self.tokenizer = tokenizer
+        # With the generate api: send each prompt as given (a model's own prompt format), no chat template.
+        self.raw_prompts = raw_prompts
         self.teacher_id = teacher_name or ""
         self.teacher_revision = ""
         self.limits = ServerLimits()
@@ -457,11 +460,14 @@ class HttpTeacher:
                 "temperature": temperature,
                 "seed": seed,
             }
-        if self.tokenizer is None:
+        if self.raw_prompts:
+            text = prompt
+        elif self.tokenizer is None:
             raise ConfigError("--api generate needs the teacher's tokenizer to apply its chat template (--tokenizer)")
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        else:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
         return {
             "api": "generate",
             "inputs": text,
