@@ -22,7 +22,7 @@ from recycled_datasets.chat import user_turn
 from recycled_datasets.cli import main
 from recycled_datasets.errors import InputError
 from recycled_datasets.models import load_tokenizer, resolve_student
-from recycled_datasets.records import Pair, Turn
+from recycled_datasets.records import Pair, Turn, content_id
 from recycled_datasets.scoring import ScoreConfig, score_pairs
 from recycled_datasets.scoring.plan import Planner
 from recycled_datasets.sources import read_source
@@ -79,6 +79,20 @@ def test_a_single_turn_chat_row_is_the_alpaca_row(tmp_path):
         alpaca_row.output,
         alpaca_row.context,
     )
+
+
+def test_alpaca_rows_keep_their_ids_and_score_digests():
+    """Workdirs built before chat rows existed stay valid: same row ids, same digest of the pairs to score."""
+    import hashlib
+
+    from recycled_datasets.pipeline import _pairs_digest
+
+    row = ("Add 2 and 3.", "Answer briefly.", "5")
+    assert content_id(*row) == hashlib.sha256("\x1f".join(row).encode()).hexdigest()[:16]
+    old = hashlib.sha256(("\x1f".join(row)).encode() + b"\x1e").hexdigest()
+    assert _pairs_digest([Pair(*row)]) == old
+    assert _pairs_digest([Pair(*row, context=CONTEXT)]) != old
+    assert content_id(*row, CONTEXT) != content_id(*row)
 
 
 def test_sharegpt_parquet_save_to_disk_and_split_ids_read_the_same_rows(tmp_path, monkeypatch):
@@ -302,6 +316,9 @@ def test_release_configs_carry_messages_with_the_context(chat_build):
         last = [{"role": "user", "content": user_turn(row["instruction"], row["input"])}]
         assert row["messages"] == context + last + [{"role": "assistant", "content": row["output"]}]
         assert row["prompt"] == context + last and row["completion"] == row["messages"][-1:]
+    # A release read back as a source keeps the earlier turns: the turns win over the Alpaca fields.
+    again = read_source(workdir / "dataset" / STUDENT / "train-00000-of-00001.parquet").rows
+    assert [r.context for r in again] == [contexts[row["id"]] for row in subset]
     reflections = datasets.load_dataset(str(workdir / "dataset"), "reflections", split="train")
     first_ins = next(r for r in reflections if r["variant"] == "ins" and contexts[r["id"]])
     assert first_ins["instruction"].startswith("Explain in depth")  # the new instruction replaced the last user turn
