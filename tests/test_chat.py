@@ -18,7 +18,7 @@ import pytest
 import torch
 from teacher_server import Faults, TeacherServer, realistic_reply
 
-from recycled_datasets.chat import user_turn
+from recycled_datasets.chat import context_from_json, user_turn
 from recycled_datasets.cli import main
 from recycled_datasets.errors import InputError
 from recycled_datasets.models import load_tokenizer, resolve_student
@@ -301,6 +301,18 @@ def test_the_teacher_was_shown_the_earlier_turns(chat_build, recording_teacher):
     assert about_cats and not any("[Earlier turns]" in p for p in about_cats)
     # both reflects ins's new instruction, still after the same earlier turns
     assert any("[Earlier turns]" in p and "Explain in depth" in p and "Is 21 prime?" in p for p in about_primes)
+
+
+def test_reflect_writes_the_context_beside_the_variants(recording_teacher, tmp_path):
+    out = tmp_path / "reflections.parquet"
+    main(
+        ["reflect", str(CHAT_SAMPLE), "--teacher", recording_teacher.url, "--output", str(out)]
+        + ["--store", str(tmp_path / "store"), "--limit", "2", "--quiet"]
+    )
+    table = pl.read_parquet(out)
+    rows = read_source(CHAT_SAMPLE, limit=2).rows
+    assert table["id"].to_list() == [r.id for r in rows]
+    assert [context_from_json(c) for c in table["context"]] == [r.context for r in rows]
 
 
 def test_release_configs_carry_messages_with_the_context(chat_build):
