@@ -8,10 +8,11 @@ workdir::
     builder.download_and_prepare()
     subset = builder.as_dataset("train")
 
-Configs: every student key (the subset of that student: ``instruction``, ``input``, ``output`` and its
-provenance), ``reflections`` (the four variants of every source row, student independent, one row per
-variant) and ``scores`` (every variant of every row with each built student's scores). A student key that is
-not in the shipped students table is accepted as a config name too, since users add their own students.
+Configs: every student key (the subset of that student: ``instruction``, ``input``, ``output``, the row as
+chat turns in ``messages`` / ``prompt`` / ``completion``, and its provenance), ``reflections`` (the four
+variants of every source row, student independent, one row per variant) and ``scores`` (every variant of
+every row with each built student's scores). A student key that is not in the shipped students table is
+accepted as a config name too, since users add their own students.
 The datasets cache is keyed by a digest of the stage files, so a rebuilt workdir is never served stale.
 """
 
@@ -29,8 +30,17 @@ from typing import Any
 import datasets
 from datasets.builder import Key
 
+from recycled_datasets.chat import context_from_json, turns_of
 from recycled_datasets.errors import ConfigError, StoreError
-from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, SUBSET_COLUMNS, VARIANTS
+from recycled_datasets.records import (
+    CHAT_COLUMNS,
+    CONTEXT_COLUMN,
+    REFLECTION_COLUMNS,
+    RELEASE_SUBSET_COLUMNS,
+    SCORE_COLUMNS,
+    SUBSET_COLUMNS,
+    VARIANTS,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +62,15 @@ def _string() -> datasets.Value:
     return datasets.Value("string")
 
 
+def _turns() -> datasets.List:
+    return datasets.List({"role": _string(), "content": _string()})
+
+
 def subset_features() -> datasets.Features:
-    """A student's subset: the training fields, then where each row came from and how it scored."""
+    """A student's subset: the training fields and the row as chat turns, then its provenance and scores."""
     types = {"ifd": datasets.Value("float64"), "rifd": datasets.Value("float64")}
-    return datasets.Features({c: types.get(c, _string()) for c in SUBSET_COLUMNS})
+    types |= {c: _turns() for c in CHAT_COLUMNS}
+    return datasets.Features({c: types.get(c, _string()) for c in RELEASE_SUBSET_COLUMNS})
 
 
 def reflections_features() -> datasets.Features:
@@ -68,6 +83,7 @@ def reflections_features() -> datasets.Features:
             "instruction": _string(),
             "input": _string(),
             "output": _string(),
+            **{c: _turns() for c in CHAT_COLUMNS},
             "status": _string(),
             "detail": _string(),
         }
@@ -201,7 +217,7 @@ class SRecycled(datasets.GeneratorBasedBuilder):
         elif self.config.kind == SCORES:
             rows = self._score_rows(Path(files["reflections"]), Path(files["students"]))
         else:
-            rows = iter(_read(Path(files["subset"]), SUBSET_COLUMNS))
+            rows = (_with_turns(row) for row in _read(Path(files["subset"]), SUBSET_COLUMNS, optional=True))
         for index, row in enumerate(rows):
             yield Key(0, index), row
 
@@ -237,18 +253,21 @@ class SRecycled(datasets.GeneratorBasedBuilder):
 
     @staticmethod
     def _reflection_rows(path: Path) -> Iterator[dict[str, Any]]:
-        for row in _read(path, REFLECTION_COLUMNS):
+        for row in _read(path, REFLECTION_COLUMNS, optional=True):
             for v in VARIANTS:
-                yield {
-                    "id": row["id"],
-                    "source_index": row["source_index"],
-                    "variant": v,
-                    "instruction": row[f"{v}_instruction"],
-                    "input": row[f"{v}_input"] or "",
-                    "output": row[f"{v}_output"],
-                    "status": "ok" if v == "ori" else row[f"{v}_status"],
-                    "detail": None if v == "ori" else row[f"{v}_detail"],
-                }
+                yield _with_turns(
+                    {
+                        "id": row["id"],
+                        "source_index": row["source_index"],
+                        "variant": v,
+                        "instruction": row[f"{v}_instruction"],
+                        "input": row[f"{v}_input"] or "",
+                        "output": row[f"{v}_output"],
+                        CONTEXT_COLUMN: row.get(CONTEXT_COLUMN),
+                        "status": "ok" if v == "ori" else row[f"{v}_status"],
+                        "detail": None if v == "ori" else row[f"{v}_detail"],
+                    }
+                )
 
     @staticmethod
     def _score_rows(reflections: Path, students: Path) -> Iterator[dict[str, Any]]:
@@ -282,7 +301,8 @@ class SRecycled(datasets.GeneratorBasedBuilder):
                 }
 
 
-def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+def _read(path: Path, columns: tuple[str, ...], *, optional: bool = False) -> list[dict[str, Any]]:
+    """The rows of a stage file; ``optional`` also keeps its ``context`` column when it has one."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -291,7 +311,21 @@ def _read(path: Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise StoreError(f"{path} lacks the columns {missing}; rebuild it with srecycle build")
-    return table.select(list(columns)).to_pylist()
+    extra = [CONTEXT_COLUMN] if optional and CONTEXT_COLUMN in table.column_names else []
+    return table.select([*columns, *extra]).to_pylist()
+
+
+def _with_turns(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with its chat columns after ``output``, as the release tree writes them (``context`` consumed)."""
+    context = context_from_json(row.pop(CONTEXT_COLUMN, None))
+    messages = turns_of(row["instruction"], row["input"] or "", row["output"], context)
+    chat = {"messages": messages, "prompt": messages[:-1], "completion": messages[-1:]}
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        out[name] = value
+        if name == "output":
+            out.update(chat)
+    return out
 
 
 class SRecycledAlpaca(SRecycled):

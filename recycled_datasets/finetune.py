@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from recycled_datasets.chat import last_exchange_context
 from recycled_datasets.errors import ConfigError, HubError, InputError, ModelError
 from recycled_datasets.hub.model_card import FINETUNE_FILE
 from recycled_datasets.store import write_json
@@ -282,22 +283,29 @@ def encode_examples(tokenizer: Any, prompts: list[str], responses: list[str]) ->
 def training_examples(rows: Any, tokenizer: Any, template: str, *, source: str | None = None) -> Any:
     """The subset in TRL's prompt-completion form, already tokenized (see the module docstring for why).
 
+    A chat row's prompt holds its earlier turns (from ``messages``) before the last user turn, so the loss
+    covers the last assistant turn only, as the student scored it.
+
     Columns: ``id``, ``prompt`` (the scored prompt text), ``completion`` (response + EOS text), ``input_ids`` and
     ``completion_mask``. An empty instruction or response is an error: the scorer could not have scored it.
     """
     import datasets
 
     ids = [str(i) for i in rows["id"]] if "id" in rows.column_names else [str(i) for i in range(len(rows))]
+    # A release's `messages` carry a chat row's earlier turns; the last exchange comes from the training fields,
+    # so an Alpaca row with an input is laid out exactly as it was scored.
+    messages = rows["messages"] if "messages" in rows.column_names else [None] * len(rows)
     prompts, responses = [], []
-    for number, (instruction, input, output) in enumerate(
-        zip(rows["instruction"], rows["input"], rows["output"], strict=True), start=1
+    for number, (instruction, input, output, turns) in enumerate(
+        zip(rows["instruction"], rows["input"], rows["output"], messages, strict=True), start=1
     ):
         for name, value in (("instruction", instruction), ("output", output)):
             if not isinstance(value, str) or not value.strip():
                 raise InputError(
                     "is empty: the student could not have scored this row", path=source, row=number, field=name
                 )
-        prompts.append(render_prompt(template, instruction, input or "", tokenizer=tokenizer))
+        context = last_exchange_context(turns, instruction, input or "", output, source=source, row=number)
+        prompts.append(render_prompt(template, instruction, input or "", tokenizer=tokenizer, context=context))
         responses.append(output)
     encoded = encode_examples(tokenizer, prompts, responses)
     eos_text = tokenizer.eos_token or ""

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recycled_datasets.chat import context_from_json, contexts_of, reflection_columns, with_context
 from recycled_datasets.errors import ConfigError, InputError, StoreError
 from recycled_datasets.models import StudentSpec
 from recycled_datasets.records import (
+    CONTEXT_COLUMN,
     REFLECTION_COLUMNS,
     SCORE_COLUMNS,
     STATUS_OK,
@@ -70,10 +72,12 @@ def student_dir(workdir: Path, key: str) -> Path:
     return Path(workdir) / "students" / key
 
 
-def reflections_schema() -> pa.Schema:
+def reflections_schema(*, context: bool = False) -> pa.Schema:
+    """The reflections table's schema; ``context`` adds the chat rows' earlier turns (JSON text, null if none)."""
     import pyarrow as pa
 
-    return arrow_schema(REFLECTION_COLUMNS, {"source_index": pa.int64()})
+    columns = (*REFLECTION_COLUMNS, CONTEXT_COLUMN) if context else REFLECTION_COLUMNS
+    return arrow_schema(columns, {"source_index": pa.int64()})
 
 
 def write_reflections(
@@ -95,7 +99,7 @@ def write_reflections(
         "rows": frame.height,
         "license": license,
     }
-    write_parquet(frame, path, reflections_schema())
+    write_parquet(frame, path, reflections_schema(context=CONTEXT_COLUMN in frame.columns))
     write_json(path.with_suffix(".json"), meta)
     return meta
 
@@ -108,10 +112,11 @@ def scores_schema() -> pa.Schema:
     return arrow_schema(("id", "variant", *SCORE_COLUMNS), {**ints, **floats})
 
 
-def subset_schema() -> pa.Schema:
+def subset_schema(*, context: bool = False) -> pa.Schema:
     import pyarrow as pa
 
-    return arrow_schema(SUBSET_COLUMNS, {"ifd": pa.float64(), "rifd": pa.float64()})
+    columns = (*SUBSET_COLUMNS, CONTEXT_COLUMN) if context else SUBSET_COLUMNS
+    return arrow_schema(columns, {"ifd": pa.float64(), "rifd": pa.float64()})
 
 
 def read_reflections(workdir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -129,7 +134,7 @@ def read_reflections(workdir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     missing = [c for c in REFLECTION_COLUMNS if c not in frame.columns]
     if missing:
         raise StoreError(f"{path} lacks the columns {missing}; it was not written by srecycle: rebuild the workdir")
-    return frame.select(REFLECTION_COLUMNS), json.loads(meta_path.read_text(encoding="utf-8"))
+    return frame.select(reflection_columns(frame.columns)), json.loads(meta_path.read_text(encoding="utf-8"))
 
 
 # ---- stage 1: source rows ---------------------------------------------------------------------------------
@@ -185,7 +190,14 @@ class ReflectOutcome:
 
 def _rows_from_frame(frame: pl.DataFrame) -> list[SourceRow]:
     return [
-        SourceRow(r["id"], int(r["source_index"]), r["ori_instruction"], r["ori_input"], r["ori_output"])
+        SourceRow(
+            r["id"],
+            int(r["source_index"]),
+            r["ori_instruction"],
+            r["ori_input"],
+            r["ori_output"],
+            context_from_json(r.get(CONTEXT_COLUMN)),
+        )
         for r in frame.iter_rows(named=True)
     ]
 
@@ -252,8 +264,10 @@ def ensure_reflections(
         new = result.table.select(REFLECTION_COLUMNS).with_columns(
             pl.Series("source_index", [r.index for r in missing], dtype=pl.Int64)
         )
-        pool = new if existing is None else pl.concat([existing, new], how="vertical_relaxed")
-        pool = pool.sort("source_index", "id", maintain_order=True)
+        new = with_context(new, missing)
+        # diagonal: a context column on one side only is null (no earlier turns) on the other
+        pool = new if existing is None else pl.concat([existing, new], how="diagonal_relaxed")
+        pool = pool.sort("source_index", "id", maintain_order=True).select(reflection_columns(pool.columns))
         meta = write_reflections(
             pool,
             reflections_path(workdir),
@@ -273,7 +287,8 @@ def rows_of(reflections: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
     import polars as pl
 
     order = pl.DataFrame({"id": list(ids)}, schema={"id": pl.String})
-    frame = order.join(reflections, on="id", how="left", maintain_order="left").select(REFLECTION_COLUMNS)
+    frame = order.join(reflections, on="id", how="left", maintain_order="left")
+    frame = frame.select(reflection_columns(frame.columns))
     lost = frame.filter(pl.col("ori_output").is_null())["id"]
     if lost.len():
         raise StoreError(f"the reflections lack {lost.len()} rows (e.g. {lost[0]}); rebuild them with srecycle build")
@@ -298,11 +313,12 @@ def pairs_of(reflections: pl.DataFrame) -> tuple[list[str], list[str], list[Pair
     ids: list[str] = []
     variants: list[str] = []
     pairs: list[Pair] = []
-    for r in reflections.iter_rows(named=True):
+    # A chat row's context is shared by its variants: ins/both replace the last user turn and keep the rest.
+    for r, context in zip(reflections.iter_rows(named=True), contexts_of(reflections), strict=True):
         for v in VARIANTS:
             ids.append(r["id"])
             variants.append(v)
-            pairs.append(Pair(r[f"{v}_instruction"], r[f"{v}_input"] or "", r[f"{v}_output"]))
+            pairs.append(Pair(r[f"{v}_instruction"], r[f"{v}_input"] or "", r[f"{v}_output"], context))
     return ids, variants, pairs
 
 
@@ -310,6 +326,8 @@ def _pairs_digest(pairs: Sequence[Pair]) -> str:
     h = hashlib.sha256()
     for p in pairs:
         h.update("\x1f".join((p.instruction, p.input, p.output)).encode("utf-8"))
+        for turn in p.context:  # nothing for rows without context, so their digests stay as they were
+            h.update(f"\x1d{turn.role}\x1f{turn.content}".encode())
         h.update(b"\x1e")
     return h.hexdigest()
 
@@ -387,8 +405,11 @@ def select_and_write(
         student=student, teacher=meta["teacher"], prompt_version=meta["prompt_version"], source=meta["source"]
     )
     subset = subset_frame(selection.frame, reflections, student=student["key"], teacher=meta["teacher"])
+    context = CONTEXT_COLUMN in reflections.columns
+    if context:  # the release writes each kept chat row with its earlier turns
+        subset = subset.join(reflections.select("id", CONTEXT_COLUMN), on="id", how="left", maintain_order="left")
     folder = student_dir(workdir, student["key"])
-    write_parquet(subset, folder / "subset.parquet", subset_schema())
+    write_parquet(subset, folder / "subset.parquet", subset_schema(context=context))
     atomic_write_bytes(folder / "report.json", report.to_json().encode("utf-8"))
     return Selection(frame=subset, report=report)
 

@@ -7,6 +7,7 @@ A source row becomes four *variants* (SPEC 1): ``ori`` (the source), ``ins`` (in
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,11 +21,21 @@ STATUS_FAILED = "failed"  # the call itself failed (e.g. a 422); fields hold the
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """One turn of a conversation: ``role`` is ``system``, ``user`` or ``assistant``."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class SourceRow:
     """One (instruction, input, response) row of a source, with a deterministic id.
 
     ``index`` is the 0-based position in the source; ``id`` depends on the content only (plus an occurrence
-    suffix for exact duplicates), so the same file always yields the same ids.
+    suffix for exact duplicates), so the same file always yields the same ids. ``context`` holds the turns a
+    chat row has before its last user turn (its system turn and earlier exchanges); it is empty for Alpaca rows
+    and single-turn chats, whose ids are those of the same Alpaca row.
     """
 
     id: str
@@ -32,32 +43,42 @@ class SourceRow:
     instruction: str
     input: str
     output: str
+    context: tuple[Turn, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """What a student scores: one instruction (with optional input) and its response."""
+    """What a student scores: one instruction (with optional input) and its response, after ``context``."""
 
     instruction: str
     input: str
     output: str
+    context: tuple[Turn, ...] = ()
 
 
-def content_id(instruction: str, input: str, output: str) -> str:
-    """A short stable hash of a row's content: the basis of row ids and cache keys."""
-    digest = hashlib.sha256("\x1f".join((instruction, input, output)).encode("utf-8")).hexdigest()
-    return digest[:16]
+def content_id(instruction: str, input: str, output: str, context: Sequence[Turn] = ()) -> str:
+    """A short stable hash of a row's content: the basis of row ids and cache keys.
+
+    A row without context hashes its three fields only, so Alpaca rows keep the ids they always had.
+    """
+    text = "\x1f".join((instruction, input, output))
+    for turn in context:
+        text += f"\x1e{turn.role}\x1f{turn.content}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def assign_ids(rows: list[tuple[str, str, str]]) -> list[SourceRow]:
-    """Turn (instruction, input, output) tuples into :class:`SourceRow` with unique deterministic ids."""
+def assign_ids(rows: Sequence[tuple[str, str, str] | tuple[str, str, str, tuple[Turn, ...]]]) -> list[SourceRow]:
+    """Turn (instruction, input, output[, context]) tuples into :class:`SourceRow` with unique deterministic ids."""
     seen: dict[str, int] = {}
     out: list[SourceRow] = []
-    for index, (instruction, input_, output) in enumerate(rows):
-        base = content_id(instruction, input_, output)
+    for index, fields in enumerate(rows):
+        instruction, input_, output = fields[:3]
+        context: tuple[Turn, ...] = fields[3] if len(fields) > 3 else ()  # type: ignore[misc]
+        base = content_id(instruction, input_, output, context)
         count = seen.get(base, 0) + 1
         seen[base] = count
-        out.append(SourceRow(base if count == 1 else f"{base}-{count}", index, instruction, input_, output))
+        row_id = base if count == 1 else f"{base}-{count}"
+        out.append(SourceRow(row_id, index, instruction, input_, output, context))
     return out
 
 
@@ -69,12 +90,16 @@ def assign_ids(rows: list[tuple[str, str, str]]) -> list[SourceRow]:
 #   res_instruction, res_input, res_output, res_status, res_detail,
 #   both_instruction, both_input (always ""), both_output, both_status, both_detail
 # status is one of STATUS_*; detail is null when ok, else which field fell back / failed and why.
+# A workdir built from chat rows adds CONTEXT_COLUMN (see recycled_datasets/chat.py); without it every row has
+# no context, so workdirs of Alpaca-form sources are unchanged.
 REFLECTION_COLUMNS: tuple[str, ...] = (
     "id",
     "source_index",
     *(f"{v}_{f}" for v in VARIANTS for f in ("instruction", "input", "output")),
     *(f"{v}_{f}" for v in VARIANTS[1:] for f in ("status", "detail")),
 )
+
+CONTEXT_COLUMN = "context"
 
 # Score table (scoring stage output): one row per scored pair. See scoring/scorer.py for the meaning.
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -104,3 +129,7 @@ SUBSET_COLUMNS: tuple[str, ...] = (
     "student",
     "teacher",
 )
+# The release adds the row as chat turns next to the training fields (see recycled_datasets/chat.py):
+# ``messages`` (every turn), ``prompt`` (all but the last assistant turn) and ``completion`` (that turn).
+CHAT_COLUMNS: tuple[str, ...] = ("messages", "prompt", "completion")
+RELEASE_SUBSET_COLUMNS: tuple[str, ...] = (*SUBSET_COLUMNS[:3], *CHAT_COLUMNS, *SUBSET_COLUMNS[3:])

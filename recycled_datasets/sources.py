@@ -1,8 +1,10 @@
 """Read source rows (SPEC 1) from any of the forms users have, into :class:`SourceRow` with stable ids.
 
-Forms: Alpaca JSON (instruction/input/output), WizardLM 70k JSON (instruction/output), JSONL, parquet, a
-folder in Hub layout or a Hub dataset id (through ``datasets``), and the reference authors' form where each
-row is wrapped in a struct column ``data``. Every invalid row is reported with its file, row and field.
+Forms: Alpaca JSON (instruction/input/output), WizardLM 70k JSON (instruction/output), chat rows (``messages``
+of role/content or ShareGPT ``conversations`` of from/value, see ``chat.py``), as JSON, JSONL or parquet; a
+folder in Hub layout or written by ``save_to_disk``, or a Hub dataset id (``ORG/NAME[:SPLIT]``, through
+``datasets``); and the reference authors' form where each row is wrapped in a struct column ``data``.
+Every invalid row is reported with its file, row and field.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recycled_datasets.chat import chat_row, is_chat_record
 from recycled_datasets.errors import InputError
-from recycled_datasets.records import SourceRow, assign_ids
+from recycled_datasets.records import SourceRow, Turn, assign_ids
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,9 @@ def _records_from_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
             "expected a JSON list of objects with instruction/input/output",
             path=str(path),
         ) from e
-    if isinstance(data, dict) and ({"instruction", "output"} & data.keys() or isinstance(data.get("data"), dict)):
+    if isinstance(data, dict) and (
+        {"instruction", "output", "messages", "conversations"} & data.keys() or isinstance(data.get("data"), dict)
+    ):
         data = [data]  # a file holding a single row
     if isinstance(data, dict):
         for key in ("data", "rows", "train"):
@@ -89,22 +94,9 @@ def _records_from_parquet(path: Path) -> Iterable[tuple[int, Any]]:
 
 
 def _records_from_datasets(source: str) -> Iterable[tuple[int, Any]]:
-    import datasets
+    from recycled_datasets.hf_datasets import records_from_datasets
 
-    try:
-        loaded = datasets.load_dataset(source)
-    except Exception as e:  # datasets raises many types: not found, no network, bad layout
-        raise InputError(
-            f"could not load it with datasets.load_dataset ({type(e).__name__}: {e}); "
-            "give a JSON/JSONL/parquet file, a folder in Hub layout, or a reachable Hub dataset id",
-            path=source,
-        ) from e
-    split = "train" if "train" in loaded else next(iter(loaded)) if len(loaded) == 1 else None
-    if split is None:
-        raise InputError(
-            f"has splits {sorted(loaded)} and none is 'train'; give one split's file instead", path=source
-        )
-    return enumerate(loaded[split], start=1)
+    return records_from_datasets(source)
 
 
 def _validate(record: Any, path: str, row: int) -> tuple[str, str, str]:
@@ -175,11 +167,11 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
     else:
         raise InputError("no such file or folder (nor a Hub dataset id of the form org/name)", path=name)
 
-    triples: list[tuple[str, str, str]] = []
+    triples: list[tuple[str, str, str] | tuple[str, str, str, tuple[Turn, ...]]] = []
     invalid: list[InvalidRow] = []
     for row, record in records:
         try:
-            triples.append(_validate(record, name, row))
+            triples.append(chat_row(record, name, row) if is_chat_record(record) else _validate(record, name, row))
         except InputError as e:
             if not skip_invalid:
                 raise

@@ -2,13 +2,28 @@
 
 ``render_prompt`` builds the prompt part ``T(x, i)`` whose continuation the student scores;
 ``reverse_request`` wraps a response in the guess-the-instruction request used by r-IFD.
+
+The earlier turns of a chat row (its *context*: an optional system turn, then finished exchanges) come
+before the last exchange, in the student's format:
+
+- ``chat``: the student's own chat template over every turn (the context, then the user turn);
+- ``vicuna``: FastChat v1.1's multi-turn form: the system turn replaces the default system line, and each
+  earlier exchange is ``USER: {u} ASSISTANT: {a}</s>``;
+- ``alpaca``, ``wizardlm``, ``none`` (which have no multi-turn form): a transcript of the context before the
+  template's text, one ``Role: content`` block per turn (``System``, ``User``, ``Assistant``), each followed
+  by a blank line.
+
+Without context every format is exactly the single-turn one, so an Alpaca row and the same row as a
+one-turn chat give the same prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from recycled_datasets.errors import ConfigError
+from recycled_datasets.records import Turn
 
 TEMPLATES: tuple[str, ...] = ("alpaca", "vicuna", "wizardlm", "none", "chat")
 
@@ -29,6 +44,7 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 VICUNA = VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:"
+VICUNA_SEP2 = "</s>"  # FastChat v1.1 closes each assistant turn with it
 WIZARDLM = "{instruction}\n\n### Response:"
 
 # Our own wording of the r-IFD request: the student sees a response and is asked for its instruction.
@@ -42,22 +58,40 @@ def _joined(instruction: str, input: str) -> str:
     return f"{instruction}\n{input}" if input else instruction
 
 
-def render_prompt(template: str, instruction: str, input: str = "", *, tokenizer: Any = None) -> str:
-    """The prompt part ``T(x, i)`` of a pair in the student's format.
+def context_transcript(context: Sequence[Turn]) -> str:
+    """The earlier turns as the plain templates show them: ``Role: content`` and a blank line per turn."""
+    return "".join(f"{turn.role.capitalize()}: {turn.content}\n\n" for turn in context)
 
-    ``chat`` needs the student's tokenizer (its own chat template, one user turn, generation prompt added).
-    The text is returned whole; the scorer does not add a second BOS when the template already starts with it.
+
+def _vicuna(instruction: str, context: Sequence[Turn]) -> str:
+    if not context:
+        return VICUNA.format(instruction=instruction)
+    system = context[0].content if context[0].role == "system" else VICUNA_SYSTEM
+    text = system + " "
+    for turn in context[1:] if context[0].role == "system" else context:
+        text += f"USER: {turn.content} " if turn.role == "user" else f"ASSISTANT: {turn.content}{VICUNA_SEP2}"
+    return text + f"USER: {instruction} ASSISTANT:"
+
+
+def render_prompt(
+    template: str, instruction: str, input: str = "", *, tokenizer: Any = None, context: Sequence[Turn] = ()
+) -> str:
+    """The prompt part ``T(x, i)`` of a pair in the student's format, after the row's earlier turns.
+
+    ``chat`` needs the student's tokenizer (its own chat template over the context and the user turn,
+    generation prompt added). The text is returned whole; the scorer does not add a second BOS when the
+    template already starts with it. See the module doc for how each format shows ``context``.
     """
     if template == "alpaca":
         if input:
-            return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
-        return ALPACA_NO_INPUT.format(instruction=instruction)
+            return context_transcript(context) + ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
+        return context_transcript(context) + ALPACA_NO_INPUT.format(instruction=instruction)
     if template == "vicuna":
-        return VICUNA.format(instruction=_joined(instruction, input))
+        return _vicuna(_joined(instruction, input), context)
     if template == "wizardlm":
-        return WIZARDLM.format(instruction=_joined(instruction, input))
+        return context_transcript(context) + WIZARDLM.format(instruction=_joined(instruction, input))
     if template == "none":
-        return f"{instruction}\n{input}\n" if input else f"{instruction}\n"
+        return context_transcript(context) + (f"{instruction}\n{input}\n" if input else f"{instruction}\n")
     if template == "chat":
         if tokenizer is None:
             raise ConfigError("template 'chat' needs the student's tokenizer: pass tokenizer=")
@@ -66,8 +100,11 @@ def render_prompt(template: str, instruction: str, input: str = "", *, tokenizer
                 f"template 'chat': the tokenizer of {getattr(tokenizer, 'name_or_path', 'this student')} has no chat "
                 "template; choose --template alpaca, vicuna, wizardlm or none"
             )
+        turns = [{"role": t.role, "content": t.content} for t in context]
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": _joined(instruction, input)}], tokenize=False, add_generation_prompt=True
+            [*turns, {"role": "user", "content": _joined(instruction, input)}],
+            tokenize=False,
+            add_generation_prompt=True,
         )
     raise ConfigError(f"unknown template {template!r}: choose one of {', '.join(TEMPLATES)}")
 

@@ -19,7 +19,13 @@ import polars as pl
 import pytest
 
 from recycled_datasets.cli import main
-from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
+from recycled_datasets.records import (
+    CHAT_COLUMNS,
+    REFLECTION_COLUMNS,
+    RELEASE_SUBSET_COLUMNS,
+    SUBSET_COLUMNS,
+    VARIANTS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -225,8 +231,8 @@ def test_load_dataset_on_the_release_tree_returns_the_subset(workdir: Path):
     subset = pl.read_parquet(workdir / "students" / STUDENT / "subset.parquet")
     assert subset.height > 0
     loaded = datasets.load_dataset(str(workdir / "dataset"), STUDENT, split="train")
-    assert loaded.column_names == list(SUBSET_COLUMNS)
-    assert loaded.to_list() == subset.to_dicts()
+    assert loaded.column_names == list(RELEASE_SUBSET_COLUMNS)
+    assert loaded.remove_columns(list(CHAT_COLUMNS)).to_list() == subset.to_dicts()
     reflections = datasets.load_dataset(str(workdir / "dataset"), "reflections", split="train")
     assert reflections.num_rows == 16
 
@@ -255,7 +261,7 @@ def test_second_student_makes_zero_teacher_calls(workdir: Path, monkeypatch: pyt
     readme = (workdir / "dataset" / "README.md").read_text()
     assert "config_name: other" in readme and f"config_name: {STUDENT}" in readme
     loaded = datasets.load_dataset(str(workdir / "dataset"), "other", split="train")
-    assert loaded.to_list() == other.to_dicts()
+    assert loaded.remove_columns(list(CHAT_COLUMNS)).to_list() == other.to_dicts()
 
 
 def test_rebuild_reuses_scores_and_gives_the_same_files(
@@ -403,7 +409,7 @@ def test_build_with_the_embedded_teacher(tmp_path: Path):
     subset = pl.read_parquet(workdir / "students" / STUDENT / "subset.parquet")
     assert subset.height > 0
     loaded = datasets.load_dataset(str(workdir / "dataset"), STUDENT, split="train")
-    assert loaded.to_list() == subset.to_dicts()
+    assert loaded.remove_columns(list(CHAT_COLUMNS)).to_list() == subset.to_dicts()
 
 
 @pytest.mark.slow
@@ -438,7 +444,7 @@ def test_acceptance_30_real_alpaca_rows_with_the_embedded_teacher_and_student(tm
     subset = pl.read_parquet(folder / "subset.parquet")
     assert subset.height == keep["rows_kept"] > 0
     loaded = datasets.load_dataset(str(workdir / "dataset"), STUDENT, split="train")
-    assert loaded.to_list() == subset.to_dicts()
+    assert loaded.remove_columns(list(CHAT_COLUMNS)).to_list() == subset.to_dicts()
 
     srecycle("select", "--workdir", workdir, "--student", STUDENT, "--quiet")
     paper = json.loads((folder / "report.json").read_text())

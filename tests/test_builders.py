@@ -23,7 +23,13 @@ from recycled_datasets.pipeline import (
     write_json,
     write_parquet,
 )
-from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, SUBSET_COLUMNS, VARIANTS
+from recycled_datasets.records import (
+    CHAT_COLUMNS,
+    REFLECTION_COLUMNS,
+    RELEASE_SUBSET_COLUMNS,
+    SCORE_COLUMNS,
+    VARIANTS,
+)
 from recycled_datasets.selection import SelectionConfig
 
 IDS = ["r0", "r1", "r2"]
@@ -94,11 +100,20 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_a_student_config_is_its_subset(workdir: Path, tmp_path: Path):
+    import datasets
+
     builder, ds = prepare(SRecycledGeneric, workdir, "llama2-7b", tmp_path / "cache")
     subset = pl.read_parquet(workdir / "students" / "llama2-7b" / "subset.parquet")
-    assert list(builder.info.features) == list(SUBSET_COLUMNS)
+    assert list(builder.info.features) == list(RELEASE_SUBSET_COLUMNS)
     assert builder.info.features["ifd"].dtype == "float64"
-    assert ds.to_list() == subset.to_dicts()
+    assert ds.remove_columns(list(CHAT_COLUMNS)).to_list() == subset.to_dicts()
+    assert ds[0]["messages"] == [
+        {"role": "user", "content": ds[0]["instruction"]},
+        {"role": "assistant", "content": ds[0]["output"]},
+    ]
+    # the same rows as the release tree's config
+    materialize(workdir)
+    assert datasets.load_dataset(str(workdir / "dataset"), "llama2-7b", split="train").to_list() == ds.to_list()
     # paper mode: r0 -> both, r1 -> res; r2 (ori) dropped
     assert [(r["id"], r["variant"], r["output"]) for r in ds] == [
         ("r0", "both", "both output r0"),

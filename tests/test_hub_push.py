@@ -76,7 +76,11 @@ def _load_in_fresh_process(hub: HubServer, tmp_path: Path, calls: list[tuple[str
 
 
 def _subset_rows(workdir: Path, key: str) -> list[dict]:
-    return pq.read_table(workdir / "students" / key / "subset.parquet").to_pylist()
+    """A subset's rows as the release holds them: subset.parquet plus the row as chat turns."""
+    from recycled_datasets.chat import add_chat_columns, contexts_of
+
+    table = pq.read_table(workdir / "students" / key / "subset.parquet")
+    return add_chat_columns(table, contexts_of(table)).to_pylist()
 
 
 def test_push_two_configs_loads_each_default_and_tagged_revision(hub, workdir, tmp_path):
@@ -122,7 +126,8 @@ def test_repush_one_config_keeps_the_other_config_untouched(hub, workdir, tmp_pa
     after = _files(hub)
     assert {f: c for f, c in after.items() if f.startswith(("mistral-7b/", "plots/mistral-7b/"))} == mistral_before
     assert _rows(after["mistral-7b/train-00000-of-00001.parquet"]) == _subset_rows(workdir, "mistral-7b")
-    assert _rows(after["llama2-7b/train-00000-of-00001.parquet"]) == table.slice(0, table.num_rows - 1).to_pylist()
+    assert _rows(after["llama2-7b/train-00000-of-00001.parquet"]) == _subset_rows(workdir, "llama2-7b")
+    assert len(_subset_rows(workdir, "llama2-7b")) == table.num_rows - 1
     assert after["reflections/train-00000-of-00001.parquet"] == before["reflections/train-00000-of-00001.parquet"]
     # The card still describes both students, with the untouched one's table read back from the repo.
     card = DatasetCard(after["README.md"].decode())

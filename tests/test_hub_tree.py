@@ -13,7 +13,7 @@ from huggingface_hub import DatasetCard
 from recycled_datasets.cli import main
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.hub import write_release_tree
-from recycled_datasets.records import VARIANTS
+from recycled_datasets.records import CHAT_COLUMNS, VARIANTS
 
 REPO = "org/srecycled"
 
@@ -54,7 +54,14 @@ def test_folder_loads_with_datasets_per_config_and_default(workdir, tree, tmp_pa
 
     cache = str(tmp_path / "cache")
     mistral = datasets.load_dataset(str(tree.root), "mistral-7b", split="train", cache_dir=cache)
-    assert mistral.to_list() == pq.read_table(workdir / "students" / "mistral-7b" / "subset.parquet").to_pylist()
+    subset = pq.read_table(workdir / "students" / "mistral-7b" / "subset.parquet").to_pylist()
+    assert mistral.remove_columns(list(CHAT_COLUMNS)).to_list() == subset
+    # Alpaca rows are written as one user turn (input after a newline) and the response.
+    for loaded, row in zip(mistral, subset, strict=True):
+        user = f"{row['instruction']}\n{row['input']}" if row["input"] else row["instruction"]
+        assert loaded["prompt"] == [{"role": "user", "content": user}]
+        assert loaded["completion"] == [{"role": "assistant", "content": row["output"]}]
+        assert loaded["messages"] == loaded["prompt"] + loaded["completion"]
     default = datasets.load_dataset(str(tree.root), split="train", cache_dir=cache)
     assert default.config_name == "llama2-7b"
     assert len(default) == pq.read_metadata(workdir / "students" / "llama2-7b" / "subset.parquet").num_rows
@@ -196,7 +203,8 @@ def test_a_student_that_kept_no_row_is_reported_but_not_a_loadable_config(one_em
     assert "above_threshold: " in section and 'load_dataset("org/srecycled", "mistral-7b"' not in card.text
     cache = str(tmp_path / "cache")
     llama = datasets.load_dataset(str(tree.root), "llama2-7b", split="train", cache_dir=cache)
-    assert llama.to_list() == pq.read_table(one_empty / "students" / "llama2-7b" / "subset.parquet").to_pylist()
+    expected = pq.read_table(one_empty / "students" / "llama2-7b" / "subset.parquet").to_pylist()
+    assert llama.remove_columns(list(CHAT_COLUMNS)).to_list() == expected
     assert datasets.load_dataset(str(tree.root), split="train", cache_dir=cache).config_name == "llama2-7b"
 
 

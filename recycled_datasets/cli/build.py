@@ -32,7 +32,8 @@ Source = Annotated[
     typer.Option(
         "--source",
         help="alpaca or wizardlm (the public Hub sets), sample (the bundled 30 rows), or a JSON/JSONL/parquet "
-        "file, folder or Hub id in Alpaca form. Default: the rows already in DIR/reflections.parquet.",
+        "file, folder (Hub layout or save_to_disk) or Hub id (ORG/NAME[:SPLIT]) of Alpaca or chat rows (messages, "
+        "ShareGPT conversations). Default: the rows already in DIR/reflections.parquet.",
     ),
 ]
 OptionalTeacher = Annotated[

@@ -116,8 +116,10 @@ def reflect(
         return
 
     result = reflect_rows(source.rows, config)
+    from recycled_datasets.chat import with_context
+
     write_reflections(
-        result.table,
+        with_context(result.table, source.rows[: result.table.height]),
         output,
         teacher=result.teacher_id,
         teacher_revision=result.teacher_revision,

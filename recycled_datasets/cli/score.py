@@ -59,7 +59,7 @@ def score(
     parts = output.parent / f".{output.name}.parts"
     config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts)
     started = time.monotonic()
-    frame = score_pairs([Pair(r.instruction, r.input, r.output) for r in data.rows], spec, config)
+    frame = score_pairs([Pair(r.instruction, r.input, r.output, r.context) for r in data.rows], spec, config)
     if frame is None:  # not rank 0 of a distributed run
         return
     import polars as pl

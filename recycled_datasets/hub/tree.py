@@ -3,7 +3,8 @@
 Layout (one config per student, plus the student-independent reflections)::
 
     README.md                                  dataset card: YAML configs/dataset_info + the body
-    KEY/train-00000-of-00001.parquet           the student's subset (columns of subset.parquet)
+    KEY/train-00000-of-00001.parquet           the student's subset (columns of subset.parquet, and the row
+                                               as chat turns: messages, prompt, completion)
     KEY/report.json                            the selection report the card's table is made from
     reflections/train-00000-of-00001.parquet   every variant of every source row, long layout
     plots/KEY/{ifd,rifd,kept}.png              the figures the card shows
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recycled_datasets.chat import add_chat_columns, contexts_of
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
 from recycled_datasets.store import write_table
@@ -288,7 +290,7 @@ def _subset_table(path: Path):
     schema = pa.schema(
         [(c, pa.float64() if c in ("ifd", "rifd") else pa.string()) for c in SUBSET_COLUMNS],
     )
-    return table.select(list(SUBSET_COLUMNS)).cast(schema)
+    return add_chat_columns(table.select(list(SUBSET_COLUMNS)).cast(schema), contexts_of(table))
 
 
 def _reflections_table(path: Path):
@@ -322,7 +324,8 @@ def _reflections_table(path: Path):
             columns["status"].append(cols["status"][row] if v != "ori" else "ok")
             columns["detail"].append(cols["detail"][row] if v != "ori" else None)
     schema = pa.schema([(c, pa.int64() if c == "source_index" else pa.string()) for c in REFLECTIONS_LONG_COLUMNS])
-    return pa.table(columns, schema=schema)
+    contexts = [context for context in contexts_of(wide) for _ in VARIANTS]
+    return add_chat_columns(pa.table(columns, schema=schema), contexts)
 
 
 def _read_parquet(path: Path, columns: Sequence[str]):
@@ -347,9 +350,15 @@ def _dataset_info(name: str, table, path: Path) -> dict[str, Any]:
             return "string"
         return "float64" if pa.types.is_float64(t) else "int64" if pa.types.is_int64(t) else str(t)
 
+    def feature(f) -> dict[str, Any]:
+        # A list of turns is written the way the Hub's YAML writes a list of structs.
+        if pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
+            return {"name": f.name, "list": [{"name": s.name, "dtype": dtype(s.type)} for s in f.type.value_type]}
+        return {"name": f.name, "dtype": dtype(f.type)}
+
     return {
         "config_name": name,
-        "features": [{"name": f.name, "dtype": dtype(f.type)} for f in table.schema],
+        "features": [feature(f) for f in table.schema],
         "splits": [{"name": "train", "num_bytes": int(table.nbytes), "num_examples": int(table.num_rows)}],
         "download_size": path.stat().st_size,
         "dataset_size": int(table.nbytes),

@@ -121,9 +121,14 @@ class Planner:
 
     def plan(self, pairs: Sequence[Pair]) -> list[PairPlan]:
         tok = self.tokenizer
-        prompts = self._encode([render_prompt(self.template, p.instruction, p.input, tokenizer=tok) for p in pairs])
+        # Both conditional passes see the row's earlier turns (a chat row's context) before the last exchange.
+        prompts = self._encode(
+            [render_prompt(self.template, p.instruction, p.input, tokenizer=tok, context=p.context) for p in pairs]
+        )
         responses = self._encode([p.output for p in pairs])
-        reverse = self._encode([render_prompt(self.template, reverse_request(p.output), tokenizer=tok) for p in pairs])
+        reverse = self._encode(
+            [render_prompt(self.template, reverse_request(p.output), tokenizer=tok, context=p.context) for p in pairs]
+        )
         instructions = self._encode([instruction_target(p.instruction, p.input) for p in pairs])
         plans = []
         for prompt, response, rev, instruction in zip(prompts, responses, reverse, instructions, strict=True):

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from recycled_datasets.chat import teacher_context
 from recycled_datasets.errors import ConfigError
+from recycled_datasets.records import Turn
 
 DEFAULT_PROMPT_VERSION = "srecycle-v1"
 INSTRUCTION_PROMPT_FILE = "instruction_reflection.txt"
@@ -71,13 +74,13 @@ class PromptSet:
             found = {m: _layout_placeholders(self.instruction + "\n" + self.response, m) for m in MARKERS}
             object.__setattr__(self, "placeholders", found)
 
-    def render_instruction(self, instruction: str, input: str, response: str) -> str:
-        """The instruction-reflection request for one example."""
-        return _fill(self.instruction, instruction, input, response)
+    def render_instruction(self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()) -> str:
+        """The instruction-reflection request for one example (after its earlier turns, for a chat row)."""
+        return teacher_context(context) + _fill(self.instruction, instruction, input, response)
 
-    def render_response(self, instruction: str, input: str, response: str) -> str:
-        """The response-reflection request for one example."""
-        return _fill(self.response, instruction, input, response)
+    def render_response(self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()) -> str:
+        """The response-reflection request for one example (after its earlier turns, for a chat row)."""
+        return teacher_context(context) + _fill(self.response, instruction, input, response)
 
 
 def _fill(template: str, instruction: str, input: str, response: str) -> str:

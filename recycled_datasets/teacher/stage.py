@@ -426,12 +426,12 @@ class _Run:
     async def row(self, row: SourceRow) -> dict[str, Any]:
         async def response_reflection(instruction: str, input: str, output: str) -> _Outcome:
             return await self.reflect(
-                lambda: self.prompts.render_response(instruction, input, output), self.parse_response
+                lambda: self.prompts.render_response(instruction, input, output, row.context), self.parse_response
             )
 
         async def ins_then_both() -> tuple[_Outcome, _Outcome]:
             ins = await self.reflect(
-                lambda: self.prompts.render_instruction(row.instruction, row.input, row.output),
+                lambda: self.prompts.render_instruction(row.instruction, row.input, row.output, row.context),
                 self.parse_instruction,
             )
             if ins.fields is not None:
@@ -653,8 +653,8 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
             try:
                 counts = _PlanCounts()
                 for row in rows:
-                    res_prompt = prompts.render_response(row.instruction, row.input, row.output)
-                    ins_prompt = prompts.render_instruction(row.instruction, row.input, row.output)
+                    res_prompt = prompts.render_response(row.instruction, row.input, row.output, row.context)
+                    ins_prompt = prompts.render_instruction(row.instruction, row.input, row.output, row.context)
                     known, ins = _plan_variant(
                         store, teacher, prompts, config, ins_prompt, parse_instruction_reply, counts
                     )
@@ -665,7 +665,7 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
                         continue
                     both_prompt = res_prompt
                     if ins is not None:
-                        both_prompt = prompts.render_response(ins["instruction"], "", ins["output"])
+                        both_prompt = prompts.render_response(ins["instruction"], "", ins["output"], row.context)
                     _plan_variant(store, teacher, prompts, config, both_prompt, parse_response_reply, counts)
             finally:
                 if store is not None:
