@@ -66,7 +66,10 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    from recycled_datasets.secrets import MaskSecrets
+
     handler = RichHandler(console=Console(stderr=True), show_path=debug, show_time=False, rich_tracebacks=debug)
+    handler.addFilter(MaskSecrets())
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in (
         "httpx",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ from recycled_datasets.errors import InputError
 from recycled_datasets.records import SourceRow, assign_ids
 
 logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,13 @@ def _validate(record: Any, path: str, row: int) -> tuple[str, str, str]:
                 row=row,
                 field=name,
             )
+        if not _encodable(value):
+            raise InputError(
+                "holds invalid Unicode (a lone surrogate escape such as \\ud800); fix the row, or pass --skip-invalid",
+                path=path,
+                row=row,
+                field=name,
+            )
         if required and not value.strip():
             raise InputError(
                 "is empty; every row needs a non-empty instruction and output (fix the row, or pass --skip-invalid)",
@@ -140,6 +151,29 @@ def _validate(record: Any, path: str, row: int) -> tuple[str, str, str]:
             )
         values[name] = value
     return values["instruction"], values["input"], values["output"]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``ORG/NAME`` that cannot be a local path: one slash, no file suffix, no leading ``.``/``/``/``~``, and
+    no local folder ``ORG``. In offline mode nothing is a Hub id."""
+    import os
+
+    if not _HUB_ID.match(name) or Path(name).exists() or Path(name.split("/")[0]).exists():
+        return False
+    if Path(name).suffix.lower() in _FILE_SUFFIXES:
+        return False
+    return os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0") and os.environ.get("HF_DATASETS_OFFLINE", "0") in (
+        "",
+        "0",
+    )
 
 
 def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | None = None) -> SourceData:
@@ -170,7 +204,7 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
                 records = _records_from_json(path, text)
             else:
                 raise InputError("unknown file type; use .json, .jsonl or .parquet", path=name)
-    elif path.is_dir() or ("/" in name and not path.exists() and not name.startswith((".", "/"))):
+    elif path.is_dir() or looks_like_hub_id(name):
         records = _records_from_datasets(name)
     else:
         raise InputError("no such file or folder (nor a Hub dataset id of the form org/name)", path=name)
