@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -491,3 +492,69 @@ def test_finetune_base_takes_a_students_table_key(workdir_template: Path, tmp_pa
     )
     job = build_trainer(config)
     assert job.base_model == resolve_student(STUDENT).hub_id
+
+
+# ---- generated malformed rows ----------------------------------------------------------------------------
+def _value(rng: random.Random, depth: int = 0) -> object:
+    """A field value as a careless export might hold it."""
+    kind = rng.randrange(12)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([0, -7, 2**70, 3.5, float("1e308"), True, False])
+    if kind == 2:
+        return [_value(rng, depth + 1) for _ in range(rng.randrange(3))] if depth < 3 else []
+    if kind == 3:
+        return {"instruction": _value(rng, depth + 1), "k": _value(rng, depth + 1)} if depth < 3 else {}
+    if kind == 4:  # control characters
+        return "".join(chr(rng.randrange(32)) for _ in range(rng.randrange(1, 20))) + "text"
+    if kind == 5:  # a lone surrogate, high or low
+        return f"before {chr(rng.choice([0xD800, 0xDBFF, 0xDC00, 0xDFFF]))} after"
+    if kind == 6:  # a huge field
+        return "word " * rng.randrange(5_000, 20_000)
+    if kind == 7:
+        return rng.choice(["", "   ", "\n\t", "N/A"])
+    if kind == 8:
+        return "emoji 🎉, combining e\u0301, RTL \u202e, NUL \x00, BOM \ufeff"
+    return rng.choice(["Name a colour.", "Explain recursion briefly.", "Sum 2 and 3.", "It is five."])
+
+
+def _record(rng: random.Random) -> object:
+    kind = rng.randrange(10)
+    if kind == 0:
+        return rng.choice([42, "a string row", None, [1, 2], True])
+    fields = {name: _value(rng) for name in ("instruction", "input", "output", "extra") if rng.random() < 0.8}
+    if kind == 1:
+        return {"data": fields}  # the reference authors' wrapped form
+    if kind == 2:
+        return {"instruction": "Say hello.", "output": "Hello."}  # a valid row now and then
+    return fields
+
+
+def test_generated_malformed_rows_never_end_in_a_traceback(tmp_path: Path, capsys):
+    """220 generated rows in 11 files through reflect --dry-run (with and without --skip-invalid) and score."""
+    rng = random.Random(20240211)
+    files = []
+    for n in range(11):
+        lines = [json.dumps(_record(rng)) for _ in range(20)]
+        if n == 10:
+            lines[5] = '{"instruction": "cut off'  # a line that is not JSON at all
+        path = tmp_path / f"rows{n}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        files.append(path)
+    codes = []
+    for path in files:
+        out = tmp_path / f"{path.stem}.parquet"
+        for args in (
+            ("reflect", path, "--output", out, "--dry-run", "--quiet"),
+            ("reflect", path, "--output", out, "--dry-run", "--quiet", "--skip-invalid"),
+            ("score", path, "--output", out, "--skip-invalid", "--max-length", "32", "--quiet"),
+        ):
+            code, _, err = cli(capsys, *args)
+            assert code in (0, 2) and "Traceback" not in err, (args, err)
+            if code == 2:
+                one_line_error(err)
+            elif args[0] == "score":
+                assert pl.read_parquet(out).height > 0
+            codes.append(code)
+    assert 0 in codes and 2 in codes  # both outcomes were exercised
