@@ -33,14 +33,28 @@ def _holder() -> dict[str, object]:
     return {"pid": os.getpid(), "command": command[:200], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _describe(path: Path) -> str:
+def _alive(pid: int) -> bool:
     try:
-        found = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, json.JSONDecodeError):
-        found = {}
-    if not found.get("pid"):
-        return "another srecycle process"
-    return f"pid {found['pid']} ({found.get('command', '?')}, since {found.get('since', '?')})"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _describe(path: Path) -> str:
+    """Who holds the lock; the holder writes its description just after taking it, so look again briefly."""
+    for _ in range(40):
+        try:
+            found = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except (OSError, json.JSONDecodeError):
+            found = {}
+        pid = found.get("pid")
+        if isinstance(pid, int) and _alive(pid):
+            return f"pid {pid} ({found.get('command', '?')}, since {found.get('since', '?')})"
+        time.sleep(0.05)
+    return "another srecycle process"
 
 
 @contextlib.contextmanager
@@ -62,8 +76,9 @@ def locked(folder: Path, *, what: str, shared: bool = False, name: str = LOCK_NA
                 "killed process is taken over automatically)"
             ) from None
         if not shared:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(_holder()) + "\n").encode("utf-8"), 0)
+            data = (json.dumps(_holder()) + "\n").encode("utf-8")
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

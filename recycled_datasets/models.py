@@ -132,7 +132,11 @@ def resolve_student(
                 "a .gguf file, a Hub id or a students-table key"
             )
         spec = StudentSpec(key=_key_from(student), model=str(Path(student).resolve()), template="chat")
-    elif re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", student) and not Path(student).exists():
+    elif (
+        re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", student)
+        and not Path(student).exists()
+        and not Path(student.split("/")[0]).is_dir()  # models/x where ./models exists: a missing local folder
+    ):
         spec = StudentSpec(key=_key_from(student), model=student, template="chat", base_model=student)
     else:
         raise ConfigError(

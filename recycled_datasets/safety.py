@@ -93,5 +93,5 @@ def check_replaceable(dest: Path, *, force: bool = False, legacy: bool = False) 
     if foreign:
         raise ConfigError(
             f"{dest} is not empty and not a release folder srecycle wrote (it holds {foreign[0]}); "
-            "give an empty or new folder, or pass --force to replace it"
+            + ("move it away" if legacy else "give an empty or new folder, or pass --force to replace it")
         )

@@ -161,19 +161,26 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def looks_like_hub_id(name: str) -> bool:
-    """``ORG/NAME`` that cannot be a local path: one slash, no file suffix, no leading ``.``/``/``/``~``, and
-    no local folder ``ORG``. In offline mode nothing is a Hub id."""
+def _hub_form(name: str) -> bool:
+    """``ORG/NAME`` that cannot be a local path: one slash, no file suffix, no leading ``.``/``/``/``~``, nothing
+    of that name here, and no local folder ``ORG``."""
+    return (
+        bool(_HUB_ID.match(name))
+        and Path(name).suffix.lower() not in _FILE_SUFFIXES
+        and not Path(name).exists()
+        and not Path(name.split("/")[0]).exists()
+    )
+
+
+def _offline() -> bool:
     import os
 
-    if not _HUB_ID.match(name) or Path(name).exists() or Path(name.split("/")[0]).exists():
-        return False
-    if Path(name).suffix.lower() in _FILE_SUFFIXES:
-        return False
-    return os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0") and os.environ.get("HF_DATASETS_OFFLINE", "0") in (
-        "",
-        "0",
-    )
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` is tried as a Hub dataset id: an ``ORG/NAME`` form (see :func:`_hub_form`), never offline."""
+    return _hub_form(name) and not _offline()
 
 
 def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | None = None) -> SourceData:
@@ -207,7 +214,11 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
     elif path.is_dir() or looks_like_hub_id(name):
         records = _records_from_datasets(name)
     else:
-        raise InputError("no such file or folder (nor a Hub dataset id of the form org/name)", path=name)
+        offline = (
+            _HUB_ID.match(name) and not looks_like_hub_id(name) and Path(name).suffix.lower() not in _FILE_SUFFIXES
+        )
+        hint = " (offline mode: Hub ids are not tried)" if offline and not Path(name.split("/")[0]).exists() else ""
+        raise InputError(f"no such file or folder (nor a Hub dataset id of the form org/name){hint}", path=name)
 
     triples: list[tuple[str, str, str]] = []
     invalid: list[InvalidRow] = []
