@@ -149,17 +149,20 @@ def build_tree(
     # leaves half a release at ``dest``, and nothing this run did not create is ever removed.
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.srecycle-", dir=final.parent))
+    old: Path | None = None
     try:
         staging.chmod(0o755)  # mkdtemp's folder is private; a release folder is an ordinary one
         configs, entries = _write_tree(work, staging, existing, repo_id)
         files = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
         write_manifest(staging, files)
-        old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.replace(final, old / "tree")
         os.replace(staging, final)
     except BaseException:
+        if old is not None and not final.exists():  # put the previous release back where it was
+            os.replace(old / "tree", final)
+            old.rmdir()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if old is not None:
