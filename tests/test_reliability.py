@@ -323,10 +323,14 @@ def test_a_rerun_whose_answers_are_all_stored_needs_no_server(tmp_path: Path, ca
     assert code == 0, err
     assert time.monotonic() - started < 60  # no wait for a health check that cannot succeed
     assert pl.read_parquet(out).equals(first)
-    # One more row must be sent: now the server is needed, and its absence is an error that says so.
-    rows.write_text(rows.read_text() + json.dumps({**ROW, "instruction": "A new row."}) + "\n")
-    code, _, err = cli(capsys, "reflect", rows, "--teacher", url, "--output", out, "--quiet", "--max-retries", "0")
-    assert code == 2 and one_line_error(err)
+    # One more row must be sent: now the server is needed (waited for, here 1 s), and its absence says so.
+    from recycled_datasets.errors import TeacherError
+    from recycled_datasets.records import assign_ids
+    from recycled_datasets.teacher import ReflectConfig, reflect_rows
+
+    config = ReflectConfig(teacher=url, store_dir=tmp_path / "teacher", health_timeout=1.0, progress=False)
+    with pytest.raises(TeacherError, match="not ready after"):
+        reflect_rows(assign_ids([("A new row.", "", "Its answer.")]), config)
 
 
 # ---- 7. an empty subset ----------------------------------------------------------------------------------
@@ -441,12 +445,20 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self._send(500, {"error": f"internal error for {self.headers.get('authorization')}"})
 
 
+class _EchoServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up is no server error
+            super().handle_error(request, client_address)
+
+
 def test_secrets_are_masked_whatever_the_server_echoes(tmp_path: Path, capsys, monkeypatch):
     secret = "sk-teacher-0123456789"
     monkeypatch.setenv("SRECYCLE_TEACHER_TOKEN", secret)
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps(ROW) + "\n")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
