@@ -274,10 +274,9 @@ def test_truncated_or_replaced_stage_files_stop_select_and_build(wd: Path, tmp_p
 
 
 def test_a_file_without_a_digest_is_still_checked_for_page_damage(wd: Path, capsys):
-    from recycled_datasets.store import digest_path
-
     scores = wd / "students" / STUDENT / "scores.parquet"
-    digest_path(scores).unlink()  # e.g. written by an older version: only the parquet checks remain
+    # Written by an older version, say: no digest beside it, so only the parquet checks remain.
+    (scores.parent / f".{scores.name}.sha256").unlink(missing_ok=True)
     with open(scores, "r+b") as f:
         f.truncate(scores.stat().st_size - 40)
     code, _, err = cli(capsys, "select", "--workdir", wd, "--student", STUDENT)
@@ -348,8 +347,6 @@ def test_an_empty_subset_says_it_is_empty_and_why(tmp_path: Path, capsys):
 
 # ---- 8. options and teacher faults ------------------------------------------------------------------------
 def test_a_missing_local_looking_path_is_a_missing_file_at_once(tmp_path: Path, capsys, monkeypatch):
-    from recycled_datasets.sources import looks_like_hub_id
-
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a request would only retry
@@ -360,6 +357,8 @@ def test_a_missing_local_looking_path_is_a_missing_file_at_once(tmp_path: Path, 
     line = one_line_error(err)
     assert code == 2 and "no such file" in line and "load_dataset" not in line
     assert time.monotonic() - started < 10
+    from recycled_datasets.sources import looks_like_hub_id
+
     assert looks_like_hub_id("tatsu-lab/alpaca")
     assert not looks_like_hub_id("in/nonexistent.jsonl") and not looks_like_hub_id("in/rows")
     assert not looks_like_hub_id("../x") and not looks_like_hub_id("a/b/c")
