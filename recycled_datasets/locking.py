@@ -64,9 +64,15 @@ def locked(folder: Path, *, what: str, shared: bool = False, name: str = LOCK_NA
     ``name`` picks another lock file in the folder (one output file among others, e.g. a score output).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LockError(f"cannot create {what} {folder} ({e.strerror})") from e
     path = folder / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise LockError(f"cannot open the lock file {path} ({e.strerror}); the folder must be writable") from e
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
