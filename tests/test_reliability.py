@@ -253,7 +253,8 @@ def test_flipped_bytes_in_a_stage_file_are_a_one_line_error_naming_it(name: str,
     assert code == 2 and str(wd / name) in line and "rerun `srecycle" in line
 
 
-def test_truncated_or_replaced_stage_files_stop_select_and_build(wd: Path, tmp_path: Path, capsys):
+def test_truncated_or_replaced_stage_files_stop_select_and_build(workdir_template: Path, tmp_path: Path, capsys):
+    wd = Path(shutil.copytree(workdir_template, tmp_path / "truncated"))
     reflections = wd / "reflections.parquet"
     with open(reflections, "r+b") as f:
         f.truncate(reflections.stat().st_size // 2)
@@ -263,14 +264,15 @@ def test_truncated_or_replaced_stage_files_stop_select_and_build(wd: Path, tmp_p
     ):
         code, _, err = cli(capsys, *args)
         assert code == 2 and str(reflections) in one_line_error(err)
+    wd = Path(shutil.copytree(workdir_template, tmp_path / "hello"))
     scores = wd / "students" / STUDENT / "scores.parquet"
-    wd2 = Path(shutil.copytree(wd, tmp_path / "wd2"))
-    shutil.copy(wd.parent / "wd" / "reflections.parquet", wd2 / "reflections.parquet")
-    scores = wd2 / "students" / STUDENT / "scores.parquet"
     scores.write_bytes(b"hello")
-    (wd2 / "reflections.parquet").unlink()
-    code, _, err = cli(capsys, "select", "--workdir", wd2, "--student", STUDENT)
-    assert code == 2 and one_line_error(err)
+    for args in (
+        ("select", "--workdir", wd, "--student", STUDENT),
+        ("build", "--workdir", wd, "--student", STUDENT),
+    ):
+        code, _, err = cli(capsys, *args)
+        assert code == 2 and str(scores) in one_line_error(err)
 
 
 def test_a_file_without_a_digest_is_still_checked_for_page_damage(wd: Path, capsys):
