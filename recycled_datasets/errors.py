@@ -42,3 +42,7 @@ class StoreError(RecycledError):
 
 class HubError(RecycledError):
     """A Hub operation failed (auth, missing repo, name conflict, network)."""
+
+
+class LockError(RecycledError):
+    """Another srecycle process is writing to the same workdir, answer store or output."""

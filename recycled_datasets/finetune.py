@@ -16,6 +16,7 @@ settings) and the project's model card written from it by :func:`recycled_datase
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -218,6 +219,26 @@ def _hub_revision_and_readme(dataset: str, revision: str | None) -> tuple[str, P
     return sha, Path(readme)
 
 
+def _check_not_empty(folder: Path, config: str) -> None:
+    """A config whose selection kept no row has a report but no data file: say so, with the report's drops."""
+    report_path = folder / config / "report.json"
+    if not report_path.is_file() or any((folder / config).glob("train-*")):
+        return
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"config {config!r} has no data and an unreadable report ({e})", path=str(folder)) from e
+    if report.get("rows_kept") != 0:
+        return
+    drops = ", ".join(f"{n} {why}" for why, n in sorted((report.get("drops") or {}).items()) if n) or "none recorded"
+    raise InputError(
+        f"the subset {config!r} is empty: its selection ({report.get('mode', '?')} mode) kept 0 of "
+        f"{report.get('rows_in', '?')} rows (dropped: {drops}); select it again with other settings "
+        "(e.g. srecycle select --keep-unreflected) or use a stronger teacher",
+        path=str(folder),
+    )
+
+
 def load_subset(dataset: str, config: str, *, revision: str | None = None) -> Subset:
     """Load ``config``'s train split of a released dataset, pinned to a commit when it comes from the Hub.
 
@@ -235,6 +256,8 @@ def load_subset(dataset: str, config: str, *, revision: str | None = None) -> Su
             raise InputError(f"dataset {dataset!r} is neither an existing folder nor a Hub id of the form org/name")
         path = dataset
         sha, readme = _hub_revision_and_readme(dataset, revision)
+    if _is_local(dataset):
+        _check_not_empty(Path(path), config)
     try:
         rows = datasets.load_dataset(path, config, split="train", revision=sha)
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
@@ -443,9 +466,12 @@ def build_trainer(config: FinetuneConfig) -> TrainingJob:
             spec.template,
         )
     if config.base_model:
-        base, revision, base_model = config.base_model, None, config.base_model
-        if not _HUB_ID.match(base) and not Path(base).is_dir():
-            raise ConfigError(f"--base {base}: no such folder, and not a Hub id of the form org/name")
+        # The same forms as --student: a students-table key, a Hub id, a folder or a .gguf file.
+        try:
+            base_spec = resolve_student(config.base_model, students_file=config.students_file)
+        except ConfigError as e:
+            raise ConfigError(f"--base: {e}") from e
+        base, revision, base_model = pretrained_path(base_spec), base_spec.revision or None, base_spec.hub_id
     else:
         base, revision, base_model = pretrained_path(spec), spec.revision or None, spec.hub_id
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -126,8 +126,17 @@ def resolve_student(
     elif student.endswith(".gguf") or Path(student).is_dir():
         if not Path(student).exists():
             raise ConfigError(f"student {student!r}: no such file")
+        if Path(student).is_dir() and not (Path(student) / "config.json").is_file():
+            raise ConfigError(
+                f"student {student!r}: the folder holds no model (no config.json); give a model folder, "
+                "a .gguf file, a Hub id or a students-table key"
+            )
         spec = StudentSpec(key=_key_from(student), model=str(Path(student).resolve()), template="chat")
-    elif re.match(r"^[\w.-]+/[\w.-]+$", student) and not Path(student).exists():
+    elif (
+        re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", student)
+        and not Path(student).exists()
+        and not Path(student.split("/")[0]).is_dir()  # models/x where ./models exists: a missing local folder
+    ):
         spec = StudentSpec(key=_key_from(student), model=student, template="chat", base_model=student)
     else:
         raise ConfigError(
@@ -135,7 +144,7 @@ def resolve_student(
             "an existing folder or .gguf file, or a Hub id of the form org/name"
         )
     changes: dict[str, Any] = {}
-    if name:
+    if name is not None:  # an empty --name is refused by the key check, never ignored
         changes["key"] = name
     if template:
         changes["template"] = template

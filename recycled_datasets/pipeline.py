@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,14 @@ from recycled_datasets.selection import (
     select_rows,
     subset_frame,
 )
-from recycled_datasets.store import arrow_schema, atomic_write_bytes, write_json, write_parquet
+from recycled_datasets.store import (
+    arrow_schema,
+    atomic_write_bytes,
+    read_frame,
+    read_json,
+    write_json,
+    write_parquet,
+)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -70,6 +76,15 @@ def reflections_path(workdir: Path) -> Path:
 
 def student_dir(workdir: Path, key: str) -> Path:
     return Path(workdir) / "students" / key
+
+
+def stage_command(workdir: Path, name: str, key: str | None = None) -> str:
+    """The command that writes the stage file ``name`` (of student ``key``) in ``workdir`` again."""
+    if name.startswith("reflections"):
+        return f"srecycle build --workdir {workdir} --source SOURCE --teacher TEACHER (stored answers are reused)"
+    if name.startswith("scores"):
+        return f"srecycle build --workdir {workdir} --student {key}"
+    return f"srecycle select --workdir {workdir} --student {key}"
 
 
 def reflections_schema(*, context: bool = False) -> pa.Schema:
@@ -121,7 +136,6 @@ def subset_schema(*, context: bool = False) -> pa.Schema:
 
 def read_reflections(workdir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The workdir's reflections table and its reflections.json, or a :class:`StoreError` saying what to run."""
-    import polars as pl
 
     path = reflections_path(workdir)
     meta_path = path.with_suffix(".json")
@@ -130,11 +144,12 @@ def read_reflections(workdir: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
             f"{workdir} has no reflections yet: run srecycle build --source ... --teacher ... --workdir {workdir} "
             "(or srecycle import-reflections) first"
         )
-    frame = pl.read_parquet(path)
+    meta = read_json(meta_path, stage_command(workdir, meta_path.name))
+    frame = read_frame(path, stage_command(workdir, path.name))
     missing = [c for c in REFLECTION_COLUMNS if c not in frame.columns]
     if missing:
         raise StoreError(f"{path} lacks the columns {missing}; it was not written by srecycle: rebuild the workdir")
-    return frame.select(reflection_columns(frame.columns)), json.loads(meta_path.read_text(encoding="utf-8"))
+    return frame.select(reflection_columns(frame.columns)), meta
 
 
 # ---- stage 1: source rows ---------------------------------------------------------------------------------
@@ -364,10 +379,11 @@ def ensure_scores(
         "pairs_sha256": _pairs_digest(pairs),
     }
     if out.is_file() and meta_path.is_file():
-        found = json.loads(meta_path.read_text(encoding="utf-8"))
+        found = read_json(meta_path, stage_command(workdir, meta_path.name, spec.key))
         if found == meta:
             logger.info("%s: reusing the scores of %d pairs", spec.key, len(pairs))
-            return ScoreOutcome(pl.read_parquet(out), reused=True, pairs=len(pairs))
+            frame = read_frame(out, stage_command(workdir, out.name, spec.key))
+            return ScoreOutcome(frame, reused=True, pairs=len(pairs))
         logger.info("%s: scores.json differs from this build (student, settings or reflections): rescoring", spec.key)
 
     parts = folder / "scores.parquet.parts"
@@ -386,7 +402,7 @@ def ensure_scores(
     ).select("id", "variant", *SCORE_COLUMNS)
     write_parquet(frame, out, scores_schema())
     write_json(meta_path, meta)
-    return ScoreOutcome(pl.read_parquet(out), reused=False, pairs=len(pairs))
+    return ScoreOutcome(read_frame(out, stage_command(workdir, out.name, spec.key)), reused=False, pairs=len(pairs))
 
 
 # ---- stage 4: selection -----------------------------------------------------------------------------------
@@ -416,14 +432,13 @@ def select_and_write(
 
 def reselect(workdir: Path, key: str, config: SelectionConfig) -> Selection:
     """Select again from a student's cached scores (another mode or top cut): no student, no teacher."""
-    import polars as pl
 
     folder = student_dir(workdir, key)
     if not (folder / "scores.parquet").is_file() or not (folder / "scores.json").is_file():
         raise StoreError(f"{folder} has no scores: run srecycle build --student {key} --workdir {workdir} first")
     all_reflections, meta = read_reflections(workdir)
-    scores = pl.read_parquet(folder / "scores.parquet")
-    scores_meta = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
+    scores = read_frame(folder / "scores.parquet", stage_command(workdir, "scores.parquet", key))
+    scores_meta = read_json(folder / "scores.json", stage_command(workdir, "scores.json", key))
     ids = scores["id"].unique(maintain_order=True).to_list()
     reflections = rows_of(all_reflections, ids)
     _, _, pairs = pairs_of(reflections)
@@ -444,17 +459,7 @@ def materialize(workdir: Path) -> Path:
     """
     from recycled_datasets.hub import write_release_tree
 
-    workdir = Path(workdir)
-    dest = workdir / "dataset"
-    tmp = workdir / f".dataset.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_release_tree(workdir, tmp)
-    old = workdir / f".dataset.old{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
+    return write_release_tree(Path(workdir), Path(workdir) / "dataset", legacy=True).root
 
 
 # ---- the whole build --------------------------------------------------------------------------------------

@@ -66,7 +66,15 @@ def setup_logging(*, quiet: bool = False, debug: bool = False) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    handler = RichHandler(console=Console(stderr=True), show_path=debug, show_time=False, rich_tracebacks=debug)
+    from recycled_datasets.secrets import MaskSecrets
+
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_path=debug, show_time=False, rich_tracebacks=debug)
+    else:  # a log file of a batch job: one line per record, never wrapped at a terminal's width
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(MaskSecrets())
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in (
         "httpx",

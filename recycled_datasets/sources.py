@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ from recycled_datasets.errors import InputError
 from recycled_datasets.records import SourceRow, Turn, assign_ids
 
 logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,13 @@ def _validate(record: Any, path: str, row: int) -> tuple[str, str, str]:
                 row=row,
                 field=name,
             )
+        if not _encodable(value):
+            raise InputError(
+                "holds invalid Unicode (a lone surrogate escape such as \\ud800); fix the row, or pass --skip-invalid",
+                path=path,
+                row=row,
+                field=name,
+            )
         if required and not value.strip():
             raise InputError(
                 "is empty; every row needs a non-empty instruction and output (fix the row, or pass --skip-invalid)",
@@ -132,6 +143,36 @@ def _validate(record: Any, path: str, row: int) -> tuple[str, str, str]:
             )
         values[name] = value
     return values["instruction"], values["input"], values["output"]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _hub_form(name: str) -> bool:
+    """``ORG/NAME`` that cannot be a local path: one slash, no file suffix, no leading ``.``/``/``/``~``, nothing
+    of that name here, and no local folder ``ORG``."""
+    return (
+        bool(_HUB_ID.match(name))
+        and Path(name).suffix.lower() not in _FILE_SUFFIXES
+        and not Path(name).exists()
+        and not Path(name.split("/")[0]).exists()
+    )
+
+
+def _offline() -> bool:
+    import os
+
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether ``name`` is tried as a Hub dataset id: an ``ORG/NAME`` form (see :func:`_hub_form`), never offline."""
+    return _hub_form(name) and not _offline()
 
 
 def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | None = None) -> SourceData:
@@ -162,10 +203,14 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
                 records = _records_from_json(path, text)
             else:
                 raise InputError("unknown file type; use .json, .jsonl or .parquet", path=name)
-    elif path.is_dir() or ("/" in name and not path.exists() and not name.startswith((".", "/"))):
+    elif path.is_dir() or looks_like_hub_id(name):
         records = _records_from_datasets(name)
     else:
-        raise InputError("no such file or folder (nor a Hub dataset id of the form org/name)", path=name)
+        offline = (
+            _HUB_ID.match(name) and not looks_like_hub_id(name) and Path(name).suffix.lower() not in _FILE_SUFFIXES
+        )
+        hint = " (offline mode: Hub ids are not tried)" if offline and not Path(name.split("/")[0]).exists() else ""
+        raise InputError(f"no such file or folder (nor a Hub dataset id of the form org/name){hint}", path=name)
 
     triples: list[tuple[str, str, str] | tuple[str, str, str, tuple[Turn, ...]]] = []
     invalid: list[InvalidRow] = []

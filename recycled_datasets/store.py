@@ -1,17 +1,25 @@
-"""Durable, deterministic file writes shared by every stage.
+"""Durable, deterministic, verified file writes shared by every stage.
 
-Whole files appear atomically (a temporary name, then a rename), so a reader or a resumed run never sees
-half a file; the same data always gives the same bytes (one row group, fixed compression, no varying
-metadata), so two builds from the same inputs are byte-identical.
+Whole files appear atomically (a temporary name of this run's own, then a rename), so a reader or a resumed
+run never sees half a file; the same data always gives the same bytes (one row group, fixed compression, no
+varying metadata), so two builds from the same inputs are byte-identical.
+
+Every stage file also gets a digest beside it (``.NAME.sha256``), and parquet carries page checksums; the
+readers here check both, so a damaged or truncated file is a one-line error that names it and the command
+that makes it again, never a traceback and never silently changed numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from recycled_datasets.errors import StoreError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -21,13 +29,54 @@ if TYPE_CHECKING:
 ROW_GROUP_ROWS = 100_000  # bounded row groups keep the Hub's viewer and streaming readers fast
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a per-process temporary name and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def digest_path(path: Path) -> Path:
+    """Where the digest of ``path`` is kept."""
+    return path.with_name(f".{path.name}.sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _temp_name(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp's file is private; stage and release files are ordinary ones
+    return Path(name)
+
+
+def _commit(tmp: Path, path: Path, digest: bool) -> Path:
+    """Move a finished temporary file into place, its digest first (a reader then checks the new bytes)."""
+    try:
+        if digest:
+            sidecar = digest_path(path)
+            side_tmp = _temp_name(sidecar)
+            side_tmp.write_text(_sha256(tmp) + "\n", encoding="ascii")
+            os.replace(side_tmp, sidecar)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, digest: bool = True) -> Path:
+    """Write ``data`` to ``path`` through a temporary name of this run's own and a rename.
+
+    ``digest`` records the file's sha256 beside it for :func:`verify` (release files, which the Hub
+    checks itself, skip it).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _commit(tmp, path, digest)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -42,12 +91,22 @@ def arrow_schema(columns: Sequence[str], types: dict[str, pa.DataType]) -> pa.Sc
     return pa.schema([pa.field(c, types.get(c, pa.string())) for c in columns])
 
 
-def write_table(table: pa.Table, path: Path) -> Path:
-    """Write an arrow table as parquet with the project's fixed options, atomically."""
-    import pyarrow.parquet as pq
+def write_table(table: pa.Table, path: Path, *, digest: bool = True) -> Path:
+    """Write an arrow table as parquet with the project's fixed options (page checksums on), atomically."""
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_name(path)
+    try:
+        _write_parquet_file(table, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return _commit(tmp, path, digest)
+
+
+def _write_parquet_file(table: pa.Table, tmp: Path) -> None:
+    import pyarrow.parquet as pq
+
     pq.write_table(
         table.replace_schema_metadata(None),
         tmp,
@@ -57,12 +116,11 @@ def write_table(table: pa.Table, path: Path) -> Path:
         use_dictionary=True,
         write_statistics=True,
         store_schema=False,
+        write_page_checksum=True,
     )
-    os.replace(tmp, path)
-    return path
 
 
-def write_parquet(frame: pl.DataFrame, path: Path, schema: pa.Schema | None = None) -> Path:
+def write_parquet(frame: pl.DataFrame, path: Path, schema: pa.Schema | None = None, *, digest: bool = True) -> Path:
     """Write a polars frame as parquet; with ``schema``, exactly those columns cast to those types."""
     import pyarrow as pa
 
@@ -70,4 +128,59 @@ def write_parquet(frame: pl.DataFrame, path: Path, schema: pa.Schema | None = No
     if schema is not None:
         table = table.select(schema.names)
         table = pa.Table.from_arrays([table.column(n).cast(schema.field(n).type) for n in schema.names], schema=schema)
-    return write_table(table, path)
+    return write_table(table, path, digest=digest)
+
+
+# ---- verified reads ---------------------------------------------------------------------------------------
+def _damaged(path: Path, why: str, regenerate: str) -> StoreError:
+    return StoreError(f"{path} is damaged ({why}); delete it and rerun `{regenerate}` to make it again")
+
+
+def verify(path: Path, regenerate: str) -> Path:
+    """Check ``path`` against the digest recorded when it was written (files without one are taken as they are).
+
+    ``regenerate`` is the command that makes the file again; it ends the error message.
+    """
+    path = Path(path)
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        return path
+    try:
+        expected = sidecar.read_text(encoding="ascii").strip()
+        found = _sha256(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"unreadable: {type(e).__name__}", regenerate) from e
+    if found != expected:
+        raise _damaged(path, "its content differs from what srecycle wrote", regenerate)
+    return path
+
+
+def read_table(path: Path, regenerate: str) -> pa.Table:
+    """A parquet file written by :func:`write_table`, checked (digest and page checksums) as it is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    verify(path, regenerate)
+    try:
+        return pq.read_table(path, page_checksum_verification=True)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise _damaged(path, f"not readable as parquet: {' '.join(str(e).split())[:160]}", regenerate) from e
+
+
+def read_frame(path: Path, regenerate: str) -> pl.DataFrame:
+    """:func:`read_table` as a polars frame."""
+    import polars as pl
+
+    return pl.from_arrow(read_table(path, regenerate))
+
+
+def read_json(path: Path, regenerate: str) -> dict[str, Any]:
+    """A JSON object written by :func:`write_json`, checked against its digest."""
+    verify(path, regenerate)
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _damaged(path, f"not readable as JSON: {type(e).__name__}", regenerate) from e
+    if not isinstance(data, dict):
+        raise _damaged(path, "not a JSON object", regenerate)
+    return data

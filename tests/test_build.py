@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from recycled_datasets.cli import main
+from recycled_datasets.locking import LOCK_NAME
 from recycled_datasets.records import (
     CHAT_COLUMNS,
     REFLECTION_COLUMNS,
@@ -155,7 +156,9 @@ def outputs(workdir: Path) -> dict[str, bytes]:
     return {
         p.relative_to(workdir).as_posix(): p.read_bytes()
         for p in sorted(workdir.rglob("*"))
-        if p.is_file() and not {"teacher", "scores.parquet.parts"} & set(p.relative_to(workdir).parts)
+        if p.is_file()
+        and p.name != LOCK_NAME  # who holds the workdir, not an output
+        and not {"teacher", "scores.parquet.parts"} & set(p.relative_to(workdir).parts)
     }
 
 

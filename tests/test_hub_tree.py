@@ -14,6 +14,7 @@ from recycled_datasets.cli import main
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.hub import write_release_tree
 from recycled_datasets.records import CHAT_COLUMNS, VARIANTS
+from recycled_datasets.safety import MANIFEST_NAME
 
 REPO = "org/srecycled"
 
@@ -128,17 +129,21 @@ def test_bad_inputs_are_typed_errors(workdir, tmp_path):
         write_release_tree(workdir, tmp_path / "b", students=["reflections"])
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
-    with pytest.raises(ConfigError, match="must be empty, absent or an earlier release"):
+    with pytest.raises(ConfigError, match="not a release folder srecycle wrote"):
         write_release_tree(workdir, tmp_path / "busy")
     assert (tmp_path / "busy" / "x").read_text() == "x"
 
 
 def test_rebuild_replaces_an_earlier_release_in_place(workdir, tmp_path):
     first = write_release_tree(workdir, tmp_path / "dataset")
-    (tmp_path / "dataset" / "llama2-7b" / "train-00000-of-00002.parquet").write_bytes(b"stale shard")
+    assert any(f.startswith("llama2-7b/") for f in first.files)
     second = write_release_tree(workdir, tmp_path / "dataset", students=["mistral-7b"])
     assert second.root == first.root == tmp_path / "dataset"
-    on_disk = sorted(p.relative_to(second.root).as_posix() for p in second.root.rglob("*") if p.is_file())
+    on_disk = sorted(
+        p.relative_to(second.root).as_posix()
+        for p in second.root.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME
+    )
     assert on_disk == list(second.files)
     assert not any(f.startswith("llama2-7b/") for f in on_disk)
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"]  # no partial folder left behind

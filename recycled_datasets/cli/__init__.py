@@ -68,6 +68,13 @@ def _register() -> None:
 _register()
 
 
+def _one_line(message: str) -> str:
+    """An error as one line, with every secret masked (servers echo tokens back in error bodies)."""
+    from recycled_datasets.secrets import mask
+
+    return mask(" ".join(message.split()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors end with one line on stderr and exit code 2; ``--debug`` shows tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -94,12 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     except click_exceptions.ClickException as exc:
         if debug:
             raise
-        typer.echo(f"srecycle: error: {exc.format_message()}", err=True)
+        typer.echo(f"srecycle: error: {_one_line(exc.format_message())}", err=True)
         raise SystemExit(2) from None
     except RecycledError as exc:
         if debug:
             raise
-        typer.echo(f"srecycle: error: {exc}", err=True)
+        typer.echo(f"srecycle: error: {_one_line(str(exc))}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo("srecycle: interrupted; finished work is saved and a rerun continues from it", err=True)

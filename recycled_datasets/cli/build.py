@@ -116,7 +116,10 @@ def build(
         selection=_selection(keep_unreflected, top_k, top_p),
         scoring=ScoreConfig(max_length=max_length, dtype=dtype, batch_tokens=batch_tokens),
     )
-    result = run_build(config)
+    from recycled_datasets.locking import locked_all
+
+    with locked_all((workdir, "workdir"), (workdir / "teacher", "answer store")):
+        result = run_build(config)
     _print_selection(result.selection, workdir, spec.key)
     table = Table(title=f"srecycle build: {spec.key}")
     table.add_column("stage")
@@ -154,10 +157,17 @@ def select(
     """Select a student's subset again from its cached scores (no student, no teacher), and refresh DIR/dataset."""
     setup_logging(quiet=quiet)
     set_quiet(quiet)
+    from recycled_datasets.locking import locked
     from recycled_datasets.pipeline import materialize, reselect
 
-    selection = reselect(workdir, student, _selection(keep_unreflected, top_k, top_p))
-    dataset = materialize(workdir)
+    config = _selection(keep_unreflected, top_k, top_p)
+    if not Path(workdir).is_dir():
+        from recycled_datasets.errors import InputError
+
+        raise InputError("no such workdir (no reflections.parquet): run srecycle build first", path=str(workdir))
+    with locked(workdir, what="workdir"):
+        selection = reselect(workdir, student, config)
+        dataset = materialize(workdir)
     _print_selection(selection, workdir, student)
     console().print(f"dataset: {dataset}")
 
@@ -178,9 +188,11 @@ def import_reflections(
     set_quiet(quiet)
     from rich.table import Table
 
+    from recycled_datasets.locking import locked
     from recycled_datasets.pipeline import import_reflections as run_import
 
-    result = run_import(source, workdir)
+    with locked(workdir, what="workdir"):
+        result = run_import(source, workdir)
     table = Table(title="srecycle import-reflections")
     table.add_column("what")
     table.add_column("value")

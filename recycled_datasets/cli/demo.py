@@ -57,17 +57,20 @@ def demo(
     started = time.monotonic()
     spec = resolve_student(DEMO_STUDENT)
     out.print(f"[bold]srecycle demo[/bold]: teacher and student = {spec.hub_id} (embedded, CPU); workdir {workdir}")
-    result = build(
-        BuildConfig(
-            workdir=workdir,
-            student=spec,
-            source="sample",
-            teacher="local",
-            max_new_tokens=max_new_tokens,
-            limit=rows,
-            selection=SelectionConfig(mode="paper" if paper_mode else "keep-unreflected"),
+    from recycled_datasets.locking import locked_all
+
+    with locked_all((workdir, "workdir"), (workdir / "teacher", "answer store")):
+        result = build(
+            BuildConfig(
+                workdir=workdir,
+                student=spec,
+                source="sample",
+                teacher="local",
+                max_new_tokens=max_new_tokens,
+                limit=rows,
+                selection=SelectionConfig(mode="paper" if paper_mode else "keep-unreflected"),
+            )
         )
-    )
     out.print(report_table(result.selection.report))
 
     import datasets

@@ -44,22 +44,55 @@ def push(
             "shows and links the results (kept in the workdir for later pushes). Repeatable.",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="With --to-dir: replace a non-empty folder that is not a release srecycle wrote."
+        ),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Publish the workdir's per-student subsets and the reflections as one dataset repo, in one commit."""
-    from rich.table import Table
-
-    from recycled_datasets.hub import push_release, write_to_dir
-    from recycled_datasets.progress import console, set_quiet, setup_logging
+    from recycled_datasets.hub.publish import check_repo_id, check_tag
+    from recycled_datasets.locking import locked
+    from recycled_datasets.progress import set_quiet, setup_logging
+    from recycled_datasets.safety import check_replaceable
 
     setup_logging(quiet=quiet)
     set_quiet(quiet)
-    for spec in eval_dirs or ():
-        _attach_dataset_evaluation(workdir, spec)
-    students = student or None
+    check_repo_id(repo)
+    check_tag(tag)
+    if to_dir is not None:
+        check_replaceable(to_dir, force=force)
+    if not Path(workdir).is_dir():
+        from recycled_datasets.errors import InputError
+
+        raise InputError("no such workdir (no reflections.parquet): run srecycle build first", path=str(workdir))
+    # Attaching an evaluation writes into the workdir, so it takes the lock exclusively; a plain push only reads.
+    with locked(workdir, what="workdir", shared=not eval_dirs):
+        for spec in eval_dirs or ():
+            _attach_dataset_evaluation(workdir, spec)
+        _push(repo, workdir, student or None, tag, private, to_dir, force, quiet)
+
+
+def _push(
+    repo: str,
+    workdir: Path,
+    students: list[str] | None,
+    tag: str | None,
+    private: bool,
+    to_dir: Path | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    from rich.table import Table
+
+    from recycled_datasets.hub import push_release, write_to_dir
+    from recycled_datasets.progress import console
+
     table = Table(title=f"srecycle push: {repo}")
     if to_dir is not None:
-        tree = write_to_dir(workdir=workdir, dest=to_dir, students=students, repo_id=repo)
+        tree = write_to_dir(workdir=workdir, dest=to_dir, students=students, repo_id=repo, force=force)
         table.add_column("config")
         table.add_column("rows", justify="right")
         for name in tree.configs:
@@ -109,10 +142,16 @@ def push_model(
     from rich.table import Table
 
     from recycled_datasets.hub import push_model as push_checkpoint
+    from recycled_datasets.hub.publish import check_repo_id, check_tag
     from recycled_datasets.progress import console, set_quiet, setup_logging
+    from recycled_datasets.safety import check_target
 
     setup_logging(quiet=quiet)
     set_quiet(quiet)
+    check_repo_id(repo)
+    check_tag(tag)
+    if to_dir is not None:
+        check_target(to_dir, "--to-dir")
     result = push_checkpoint(
         checkpoint=checkpoint, repo_id=repo, to_dir=to_dir, private=private, tag=tag, eval_dir=eval_dir
     )

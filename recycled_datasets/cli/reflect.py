@@ -54,10 +54,18 @@ def reflect(
     prompt_version: Annotated[
         str | None, typer.Option("--prompt-version", help="Name to cache answers of your prompts under.")
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer.")] = 600.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer before retrying it.")
+    ] = 300.0,
     max_retries: Annotated[
         int, typer.Option("--max-retries", min=0, help="Retries per request (429, 5xx, timeouts, lost connections).")
     ] = 8,
+    max_retry_time: Annotated[
+        float,
+        typer.Option(
+            "--max-retry-time", min=1.0, help="Seconds one request may take, every attempt and wait included."
+        ),
+    ] = 1800.0,
     retry_rejected: Annotated[
         bool, typer.Option("--retry-rejected", help="Resend requests the server refused (422) in an earlier run.")
     ] = False,
@@ -77,10 +85,12 @@ def reflect(
 
     from recycled_datasets.errors import ConfigError
     from recycled_datasets.pipeline import load_source, write_reflections
+    from recycled_datasets.safety import check_distinct
     from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
 
     if output.suffix.lower() != ".parquet":
         raise ConfigError(f"--output {output} must end in .parquet")
+    check_distinct(output, [input])
     config = ReflectConfig(
         teacher=teacher,
         store_dir=store if store is not None else output.parent / "teacher",
@@ -97,6 +107,7 @@ def reflect(
         teacher_name=teacher_name,
         timeout=timeout,
         max_retries=max_retries,
+        max_retry_seconds=max_retry_time,
         retry_rejected=retry_rejected,
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)
@@ -115,18 +126,20 @@ def reflect(
         console().print(table)
         return
 
-    result = reflect_rows(source.rows, config)
     from recycled_datasets.chat import with_context
+    from recycled_datasets.locking import locked
 
-    write_reflections(
-        with_context(result.table, source.rows[: result.table.height]),
-        output,
-        teacher=result.teacher_id,
-        teacher_revision=result.teacher_revision,
-        prompt_version=result.prompt_version,
-        source=source.name,
-        license=source.license,
-    )
+    with locked(config.store_dir, what="answer store"):
+        result = reflect_rows(source.rows, config)
+        write_reflections(
+            with_context(result.table, source.rows[: result.table.height]),
+            output,
+            teacher=result.teacher_id,
+            teacher_revision=result.teacher_revision,
+            prompt_version=result.prompt_version,
+            source=source.name,
+            license=source.license,
+        )
     sidecar = output.with_suffix(".json")
     stats = result.stats
     status_counts = {v: result.table.get_column(f"{v}_status").value_counts().rows() for v in ("ins", "res", "both")}

@@ -48,17 +48,31 @@ def score(
 
     import time
 
+    from recycled_datasets.locking import locked
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.records import Pair
-    from recycled_datasets.scoring import ScoreConfig, score_pairs
+    from recycled_datasets.safety import check_distinct
     from recycled_datasets.sources import read_source
-    from recycled_datasets.store import write_parquet
 
+    check_distinct(output, [input])
     spec = resolve_student(student, template=template, dtype=dtype, students_file=students_file)
     data = read_source(input, skip_invalid=skip_invalid, limit=limit)
+    if not dist.main:
+        _score(data, spec, output, max_length, batch_tokens, started=time.monotonic())
+        return
+    with locked(output.parent, what="score output", name=f".{output.name}.lock"):
+        _score(data, spec, output, max_length, batch_tokens, started=time.monotonic())
+
+
+def _score(data, spec, output: Path, max_length: int, batch_tokens: int | None, *, started: float) -> None:  # noqa: ANN001
+    """Score, write OUTPUT atomically, drop the checkpoints, print the summary (rank 0 only)."""
+    import time
+
+    from recycled_datasets.records import Pair
+    from recycled_datasets.scoring import ScoreConfig, score_pairs
+    from recycled_datasets.store import write_parquet
+
     parts = output.parent / f".{output.name}.parts"
     config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts)
-    started = time.monotonic()
     frame = score_pairs([Pair(r.instruction, r.input, r.output, r.context) for r in data.rows], spec, config)
     if frame is None:  # not rank 0 of a distributed run
         return

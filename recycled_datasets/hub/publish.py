@@ -54,6 +54,16 @@ class PushResult:
     deleted: tuple[str, ...]
 
 
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_tag(tag: str | None) -> str | None:
+    """A version tag is a plain name (``v1.0``): no path parts, checked before anything is contacted."""
+    if tag is not None and (not _TAG.match(tag) or ".." in tag):
+        raise ConfigError(f"--tag must be a plain name such as v1.0 (letters, digits, '.', '_', '-'), got {tag!r}")
+    return tag
+
+
 def check_repo_id(repo_id: str) -> str:
     """Repos are always ORG/NAME here: a bare name would land in whichever account the token belongs to."""
     if not _REPO_ID.match(repo_id or ""):
@@ -151,6 +161,7 @@ def push_release(
     from recycled_datasets.hub.tree import read_workdir
 
     check_repo_id(repo_id)
+    check_tag(tag)
     read_workdir(Path(workdir), students)  # fail on a bad workdir before any network call
     token = resolve_token(token)
     endpoint = _endpoint(endpoint)
@@ -197,12 +208,16 @@ def push_release(
 
 
 def write_to_dir(
-    *, workdir: Path, dest: Path, students: Sequence[str] | None = None, repo_id: str | None
+    *, workdir: Path, dest: Path, students: Sequence[str] | None = None, repo_id: str | None, force: bool = False
 ) -> ReleaseTree:
-    """``--to-dir``: the same tree a push would commit, with no network."""
+    """``--to-dir``: the same tree a push would commit, with no network.
+
+    ``dest`` must be new, empty or a release folder this project wrote (its manifest lists every file in it);
+    ``force`` replaces any other folder except a filesystem root or the home folder.
+    """
     if repo_id is not None:
         check_repo_id(repo_id)
-    return build_tree(Path(workdir), Path(dest), students=students, repo_id=repo_id)
+    return build_tree(Path(workdir), Path(dest), students=students, repo_id=repo_id, force=force)
 
 
 def ensure_repo(api, repo_id: str, repo_type: str, *, private: bool):
@@ -274,6 +289,7 @@ def _existing_release(api, repo_id: str, sha: str, files: frozenset[str], tmp: P
 __all__ = [
     "PushResult",
     "check_repo_id",
+    "check_tag",
     "config_prefixes",
     "hub_errors",
     "push_release",

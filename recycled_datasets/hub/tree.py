@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,8 @@ from typing import Any
 from recycled_datasets.chat import add_chat_columns, contexts_of
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
-from recycled_datasets.store import write_table
+from recycled_datasets.safety import check_replaceable, write_manifest
+from recycled_datasets.store import read_json, read_table, verify, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +48,6 @@ PLOT_NAMES = ("ifd", "rifd", "kept")
 REFLECTIONS_LONG_COLUMNS = ("id", "source_index", "variant", "instruction", "input", "output", "status", "detail")
 _RESERVED = {REFLECTIONS_CONFIG, PLOTS_DIR, "data", "README.md"}
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_RELEASE_FILE = re.compile(
-    r"^(README\.md|[^/]+/train-\d{5}-of-\d{5}\.parquet|[^/]+/report\.json|plots/[^/]+/[^/]+\.png)$"
-)
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,15 @@ def write_release_tree(
     *,
     students: Sequence[str] | None = None,
     repo_id: str | None = None,
+    force: bool = False,
+    legacy: bool = False,
 ) -> ReleaseTree:
     """Write the repo tree of ``workdir`` into ``dest`` (absent, empty, or an earlier release it replaces).
 
     ``students`` picks and orders the student configs (default: every ``students/KEY`` folder, sorted);
     the first becomes the default config. ``repo_id`` only fills the card's ``load_dataset`` snippets.
     """
-    return build_tree(workdir, dest, students=students, repo_id=repo_id)
+    return build_tree(workdir, dest, students=students, repo_id=repo_id, force=force, legacy=legacy)
 
 
 def build_tree(
@@ -133,19 +135,58 @@ def build_tree(
     students: Sequence[str] | None = None,
     repo_id: str | None = None,
     existing: ExistingRelease | None = None,
+    force: bool = False,
+    legacy: bool = False,
 ) -> ReleaseTree:
-    """:func:`write_release_tree`, merging the card with the configs of an ``existing`` release."""
-    from recycled_datasets.hub.cards import render_card
-    from recycled_datasets.hub.plots import write_plots
+    """:func:`write_release_tree`, merging the card with the configs of an ``existing`` release.
 
+    ``dest`` must be absent, empty or a release folder holding only what its manifest lists (see
+    :mod:`recycled_datasets.safety`); ``force`` replaces any folder, ``legacy`` accepts ``DIR/dataset`` as
+    earlier versions wrote it.
+    """
     work = read_workdir(Path(workdir), students)
     final = Path(dest)
-    _check_replaceable(final)
-    # Written next to the target and moved in at the end: a failure never leaves half a release at ``dest``.
-    dest = final.with_name(f".{final.name}.partial")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    check_replaceable(final, force=force, legacy=legacy)
+    # Written into a folder of this run's own beside the target and moved in at the end: a failure never
+    # leaves half a release at ``dest``, and nothing this run did not create is ever removed.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.srecycle-", dir=final.parent))
+    old: Path | None = None
+    try:
+        staging.chmod(0o755)  # mkdtemp's folder is private; a release folder is an ordinary one
+        configs, entries = _write_tree(work, staging, existing, repo_id)
+        files = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
+        write_manifest(staging, files)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / "tree")
+        os.replace(staging, final)
+    except BaseException:
+        if old is not None and not final.exists():  # put the previous release back where it was
+            os.replace(old / "tree", final)
+            old.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+    loadable = [c for c in configs if not c.empty]
+    return ReleaseTree(
+        root=final,
+        files=files,
+        configs=tuple(c.name for c in loadable),
+        pushed=tuple(entries),
+        default_config=loadable[0].name,
+        rows={c.name: c.rows for c in configs},
+        empty=tuple(c.name for c in configs if c.empty and c.name in entries),
+    )
+
+
+def _write_tree(
+    work: _Workdir, dest: Path, existing: ExistingRelease | None, repo_id: str | None
+) -> tuple[list[ConfigEntry], dict[str, ConfigEntry]]:
+    """Every file of the release into the empty folder ``dest``; returns the card's configs and the pushed ones."""
+    from recycled_datasets.hub.cards import render_card
+    from recycled_datasets.hub.plots import write_plots
 
     entries: dict[str, ConfigEntry] = {}
     for student in work.students:
@@ -153,7 +194,7 @@ def build_tree(
         rel = f"{student.key}/{DATA_FILE}"
         (dest / student.key).mkdir(parents=True)
         if table.num_rows:
-            write_table(table, dest / rel)
+            write_table(table, dest / rel, digest=False)
         else:
             logger.warning(
                 "student %s: no row passed the selection; its config is left out of the release's loadable "
@@ -178,7 +219,7 @@ def build_tree(
 
     reflections = _reflections_table(work.root / "reflections.parquet")
     rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
-    write_table(reflections, dest / rel)
+    write_table(reflections, dest / rel, digest=False)
     entries[REFLECTIONS_CONFIG] = ConfigEntry(
         REFLECTIONS_CONFIG, reflections.num_rows, _dataset_info(REFLECTIONS_CONFIG, reflections, dest / rel)
     )
@@ -200,44 +241,23 @@ def build_tree(
     )
     (dest / "README.md").write_text(card, encoding="utf-8")
 
-    files = tuple(sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()))
-    if final.exists():
-        shutil.rmtree(final)
-    dest.rename(final)
-    return ReleaseTree(
-        root=final,
-        files=files,
-        configs=tuple(c.name for c in loadable),
-        pushed=tuple(entries),
-        default_config=default,
-        rows={c.name: c.rows for c in configs},
-        empty=tuple(c.name for c in configs if c.empty and c.name in entries),
-    )
-
-
-def _check_replaceable(dest: Path) -> None:
-    """``dest`` may be absent, empty, or an earlier release tree (a rebuild replaces it); nothing else."""
-    if not dest.exists():
-        return
-    if not dest.is_dir():
-        raise ConfigError(f"{dest}: the release folder is a file")
-    foreign = [p for p in dest.rglob("*") if p.is_file() and not _RELEASE_FILE.match(p.relative_to(dest).as_posix())]
-    if foreign:
-        raise ConfigError(
-            f"{dest}: the release folder must be empty, absent or an earlier release; it holds {foreign[0].name}"
-        )
+    return configs, entries
 
 
 # ---- reading the workdir -----------------------------------------------------------------------------------
 def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
-    """Check the workdir contract up front, so a push fails before it touches the network."""
+    """Check the workdir contract up front (every stage file against its digest), so a push fails before it
+    touches the network and a damaged file is named before anything is written."""
+    from recycled_datasets.pipeline import stage_command
+
     meta_path = workdir / "reflections.json"
     if not (workdir / "reflections.parquet").is_file() or not meta_path.is_file():
         raise InputError(
             "missing reflections.parquet / reflections.json: run `srecycle reflect` (or build) first",
             path=str(workdir),
         )
-    meta = _read_json(meta_path)
+    verify(workdir / "reflections.parquet", stage_command(workdir, "reflections.parquet"))
+    meta = read_json(meta_path, stage_command(workdir, "reflections.json"))
     for key in ("teacher", "prompt_version", "source", "license"):
         if not isinstance(meta.get(key), str) or not meta[key]:
             raise InputError("missing or empty", path=str(meta_path), field=key)
@@ -258,7 +278,9 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
         for name in ("subset.parquet", "scores.parquet", "report.json"):
             if not (folder / name).is_file():
                 raise InputError(f"missing {name}: run `srecycle select --student {key}` first", path=str(folder))
-        report = _read_json(folder / "report.json")
+            verify(folder / name, stage_command(workdir, name, key))
+        report = read_json(folder / "report.json", stage_command(workdir, "report.json", key))
+        read_table(folder / "scores.parquet", stage_command(workdir, "scores.parquet", key))  # page checksums
         if (folder / "eval").is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
             from recycled_datasets.evaluation.card import release_evaluation
 
@@ -271,16 +293,6 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
                     "missing from the selection report", path=str(student.subset.parent / "report.json"), field=key
                 )
     return _Workdir(workdir, meta, tuple(found))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"unreadable JSON ({exc})", path=str(path)) from exc
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object", path=str(path))
-    return data
 
 
 def _subset_table(path: Path):
@@ -329,12 +341,10 @@ def _reflections_table(path: Path):
 
 
 def _read_parquet(path: Path, columns: Sequence[str]):
-    import pyarrow.parquet as pq
+    from recycled_datasets.pipeline import stage_command
 
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"unreadable parquet ({exc})", path=str(path)) from exc
+    key = path.parent.name if path.parent.parent.name == "students" else None
+    table = read_table(path, stage_command(path.parent.parent.parent if key else path.parent, path.name, key))
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"missing column(s) {', '.join(missing)}", path=str(path), field=missing[0])

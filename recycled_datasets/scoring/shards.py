@@ -8,12 +8,12 @@ scoring setup (model, dtype, template, max length); its ``setup.json`` guards ag
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 from recycled_datasets.errors import StoreError
+from recycled_datasets.store import atomic_write_bytes, read_table, write_table
 
 _SHARD = re.compile(r"^rank(\d+)-(\d+)\.parquet$")
 
@@ -37,9 +37,7 @@ class ShardStore:
                     f"{folder} holds scores of another setup ({found}); delete it or choose another output path"
                 )
         elif rank == 0:
-            tmp = meta.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(setup, sort_keys=True))
-            os.replace(tmp, meta)
+            atomic_write_bytes(meta, json.dumps(setup, sort_keys=True).encode("utf-8"))
         numbers = [
             int(m.group(2)) for p in folder.iterdir() if (m := _SHARD.match(p.name)) and int(m.group(1)) == rank
         ]
@@ -47,12 +45,11 @@ class ShardStore:
 
     def load(self) -> dict[str, float]:
         """Every committed result of every rank."""
-        import pyarrow.parquet as pq
-
         done: dict[str, float] = {}
         for path in sorted(self.folder.iterdir()):
             if _SHARD.match(path.name):
-                table = pq.read_table(path)
+                # A damaged checkpoint holds no result worth keeping: its sequences are scored again.
+                table = read_table(path, "the same score command (the checkpoint's sequences are scored again)")
                 done.update(zip(table.column("key").to_pylist(), table.column("loss").to_pylist(), strict=True))
         return done
 
@@ -66,13 +63,10 @@ class ShardStore:
         if not self.pending_keys:
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         path = self.folder / f"rank{self.rank}-{self._next:05d}.parquet"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         table = pa.table({"key": self.pending_keys, "loss": pa.array(self.pending_losses, pa.float64())})
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_table(table, path)
         self._next += 1
         self.pending_keys, self.pending_losses = [], []
         self._last_flush = time.monotonic()

@@ -27,6 +27,7 @@ received so far in the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import itertools
 import json
@@ -52,6 +53,14 @@ _REJECT_STATUS = {400, 413, 422}
 HF_HOSTS = ("huggingface.co", "hf.co", "hf.space", "huggingface.cloud")
 # What the Hub client is given as its token so that it never looks up the user's own (our pool replaces it).
 _NO_HUB_TOKEN = "srecycle-auth-set-by-the-connection-pool"
+
+
+# Defaults sized for a batch job: one answer of a large teacher under load takes minutes at worst, and a
+# request that cannot be answered within half an hour of retries points at a server that needs a person.
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_MAX_RETRY_SECONDS = 1800.0
+# No tokenizer writes more characters than this per token; a longer reply overran its token budget.
+MAX_CHARS_PER_TOKEN = 64
 
 
 class Rejected(Exception):
@@ -99,11 +108,16 @@ class ServerLimits:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Backoff between retries: ``base * 2**attempt`` seconds, capped at ``cap``, times a jitter in [0.5, 1]."""
+    """Backoff between retries: ``base * 2**attempt`` seconds, capped at ``cap``, times a jitter in [0.5, 1].
+
+    ``max_seconds`` bounds the whole life of one request (attempts and waits together): a server that keeps
+    failing stops the run after that long instead of holding it for hours.
+    """
 
     max_retries: int = 8
     base: float = 1.0
     cap: float = 60.0
+    max_seconds: float = DEFAULT_MAX_RETRY_SECONDS
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         wait = min(self.cap, self.base * 2**attempt) * (0.5 + rng.random() / 2)
@@ -223,9 +237,25 @@ def _retry_after(response: Any) -> float | None:
         return None
 
 
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+def _short(text: str, limit: int = 300, secrets: tuple[str | None, ...] = ()) -> str:
+    from recycled_datasets.secrets import mask
+
+    text = mask(" ".join(str(text).split()), secrets)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_budget(reply: Reply, payload: dict[str, Any]) -> None:
+    """A reply longer than the request's token budget allows is refused, not stored as an answer."""
+    budget = payload.get("max_tokens") or payload.get("max_new_tokens")
+    if not budget:
+        return
+    if reply.completion_tokens is not None and reply.completion_tokens > budget:
+        raise Rejected(f"the reply has {reply.completion_tokens} tokens, more than the {budget} asked for")
+    if len(reply.text) > budget * MAX_CHARS_PER_TOKEN:
+        raise Rejected(
+            f"the reply has {len(reply.text):,} characters, more than {budget} tokens can hold; "
+            "the server ignored the token budget"
+        )
 
 
 class HttpTeacher:
@@ -241,7 +271,7 @@ class HttpTeacher:
         *,
         api: str = "chat",
         concurrency: int | None = None,
-        timeout: float = 600.0,
+        timeout: float = DEFAULT_TIMEOUT,
         health_timeout: float = 300.0,
         retry: RetryPolicy | None = None,
         teacher_name: str | None = None,
@@ -271,11 +301,51 @@ class HttpTeacher:
         self._endpoints = [_Endpoint(url, teacher_token(url, token)) for url in urls]
         self._slots: asyncio.Queue[int] | None = None
         self._rng = random.Random(seed)
+        self._remembered: dict[str, Any] | None = None
+        self._start_lock = asyncio.Lock()
 
     @property
     def cache_id(self) -> str:
         """What keys this teacher's answers in the store: the model, whichever server or protocol serves it."""
         return self.teacher_id
+
+    # ---- a remembered handshake ----------------------------------------------------------------------------
+    @property
+    def signature(self) -> str:
+        """Which servers these are, as the answer store remembers their handshake."""
+        name = self.teacher_id if self._named else None
+        return json.dumps({"urls": sorted(self.urls), "api": self.api, "name": name})
+
+    def handshake(self) -> dict[str, Any]:
+        """What :meth:`start` learned and the request keys depend on: the model and the servers' limits."""
+        return {
+            "teacher_id": self.teacher_id,
+            "teacher_revision": self.teacher_revision,
+            "limits": dataclasses.asdict(self.limits),
+            "window": self.window,
+        }
+
+    def restore(self, handshake: dict[str, Any]) -> None:
+        """Take a remembered handshake instead of contacting the servers; the first request that must really be
+        sent starts them then (and stops if they now serve another model)."""
+        self.teacher_id = str(handshake["teacher_id"])
+        self.teacher_revision = str(handshake.get("teacher_revision") or "")
+        self.limits = ServerLimits(**handshake.get("limits", {}))
+        self.window = int(handshake.get("window") or self.concurrency or DEFAULT_CONCURRENCY)
+        self._remembered = dict(handshake)
+
+    async def _start_deferred(self) -> None:
+        async with self._start_lock:
+            if self._slots is not None:
+                return
+            remembered = self._remembered or {}
+            logger.info("teacher %s: a request is not in the store; contacting the server", self.urls[0])
+            await self.start()
+            if remembered and remembered.get("teacher_id") != self.teacher_id:
+                raise TeacherError(
+                    f"teacher {self.urls[0]} now serves {self.teacher_id}, but this store's answers came from "
+                    f"{remembered.get('teacher_id')} at that URL; use another --store or the same model"
+                )
 
     # ---- start-up ----------------------------------------------------------------------------------------
 
@@ -523,9 +593,12 @@ class HttpTeacher:
         from huggingface_hub import InferenceTimeoutError
         from huggingface_hub.errors import HfHubHTTPError, OverloadedError, TextGenerationError, ValidationError
 
+        if self._slots is None and self._remembered is not None:
+            await self._start_deferred()
         if self._slots is None:
             raise RuntimeError("HttpTeacher.start() was not awaited")
         attempt = 0
+        first = time.monotonic()
         while True:
             slot = await self._slots.get()
             endpoint = self._endpoints[slot]
@@ -535,6 +608,7 @@ class HttpTeacher:
                 reply = await self._send(endpoint.client, payload)
                 stats.prompt_tokens += reply.prompt_tokens or 0
                 stats.completion_tokens += reply.completion_tokens or 0
+                _check_budget(reply, payload)
                 return reply
             except InferenceTimeoutError:
                 kind, reason = "timeout", f"no answer within {self.timeout:g} s"
@@ -546,7 +620,7 @@ class HttpTeacher:
                 status, response = _status_of(e)
                 if status is None:  # a TGI error without its HTTP answer: its type says which it was
                     status = 429 if isinstance(e, OverloadedError) else 422 if isinstance(e, ValidationError) else 500
-                message = _short(getattr(response, "text", "") or str(e))
+                message = _short(getattr(response, "text", "") or str(e), secrets=(endpoint.token,))
                 if status in _REJECT_STATUS:
                     stats.rejected += 1
                     raise Rejected(f"HTTP {status}: {message}") from e
@@ -565,14 +639,23 @@ class HttpTeacher:
                 retry_after = _retry_after(response)
             finally:
                 self._slots.put_nowait(slot)
-            if attempt >= self.retry.max_retries:
+            reason = _short(reason, secrets=(endpoint.token,))
+            wait = self.retry.delay(attempt, retry_after, self._rng)
+            spent = time.monotonic() - first
+            if attempt >= self.retry.max_retries or spent + wait > self.retry.max_seconds:
                 raise TeacherError(
-                    f"a teacher request still failed after {attempt + 1} attempts (last: {reason}); every answer "
-                    "received so far is stored, so a rerun continues from there"
+                    f"a teacher request still failed after {attempt + 1} attempts in {spent:.0f} s (last: {reason}); "
+                    "every answer received so far is stored, so a rerun continues from there"
                 )
             stats.retries += 1
             stats.retry_reasons[kind] += 1
-            wait = self.retry.delay(attempt, retry_after, self._rng)
-            logger.debug("retrying in %.2f s after %s", wait, reason)
+            logger.warning(
+                "teacher %s: %s; attempt %d of %d, retrying in %.1f s",
+                endpoint.url,
+                reason,
+                attempt + 1,
+                self.retry.max_retries + 1,
+                wait,
+            )
             attempt += 1
             await asyncio.sleep(wait)

@@ -35,6 +35,8 @@ from recycled_datasets.records import (
 )
 from recycled_datasets.teacher.client import (
     APIS,
+    DEFAULT_MAX_RETRY_SECONDS,
+    DEFAULT_TIMEOUT,
     CallStats,
     HttpTeacher,
     Rejected,
@@ -50,7 +52,7 @@ from recycled_datasets.teacher.prompts import (
     load_prompts,
     parse_sections,
 )
-from recycled_datasets.teacher.store import ANSWER_OK, ANSWER_REJECTED, AnswerStore, request_key
+from recycled_datasets.teacher.store import ANSWER_OK, ANSWER_REJECTED, STORE_FILE, AnswerStore, request_key
 from recycled_datasets.templates import instruction_target
 
 logger = logging.getLogger(__name__)
@@ -86,9 +88,10 @@ class ReflectConfig:
             teacher's chat template applied here; needs ``tokenizer`` or a Hub model id the server reports).
         tokenizer: the teacher's tokenizer (students-table key, Hub id or folder), for exact prompt lengths.
         teacher_name: the model name to cache answers under when the server does not report one.
-        timeout: seconds to wait for one answer before retrying it.
+        timeout: seconds to wait for one answer before retrying it (default 300).
         health_timeout: seconds to wait at start for the servers to report healthy.
         max_retries: retries per request for 429, 5xx, timeouts and dropped connections.
+        max_retry_seconds: the most one request may take, attempts and waits together (default 1800).
         backoff_base / backoff_max: the retry delay is ``backoff_base * 2**attempt`` (jittered), capped.
         durable: fsync every committed answer (survives power loss, not only a killed process).
         retry_rejected: resend requests the server refused before (after raising its limits).
@@ -109,9 +112,10 @@ class ReflectConfig:
     api: str = "chat"
     tokenizer: str | None = None
     teacher_name: str | None = None
-    timeout: float = 600.0
+    timeout: float = DEFAULT_TIMEOUT
     health_timeout: float = 300.0
     max_retries: int = 8
+    max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     durable: bool = True
@@ -134,7 +138,7 @@ class ReflectConfig:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.temperature < 0 or self.retry_temperature < 0:
             raise ConfigError("temperatures must be >= 0 (0 is greedy decoding)")
-        if self.timeout <= 0 or self.health_timeout <= 0:
+        if self.timeout <= 0 or self.health_timeout <= 0 or self.max_retry_seconds <= 0:
             raise ConfigError("timeouts must be positive numbers of seconds")
         if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_max < 0:
             raise ConfigError("max_retries and the backoff delays must be >= 0")
@@ -255,7 +259,12 @@ def _make_teacher(config: ReflectConfig, *, health_timeout: float | None = None)
         concurrency=config.concurrency,
         timeout=config.timeout,
         health_timeout=health_timeout or config.health_timeout,
-        retry=RetryPolicy(max_retries=config.max_retries, base=config.backoff_base, cap=config.backoff_max),
+        retry=RetryPolicy(
+            max_retries=config.max_retries,
+            base=config.backoff_base,
+            cap=config.backoff_max,
+            max_seconds=config.max_retry_seconds,
+        ),
         teacher_name=config.teacher_name,
         tokenizer=tokenizer,
         seed=config.seed,
@@ -276,11 +285,25 @@ def _load_tokenizer(name: str) -> Any:
     return load_tokenizer(spec)
 
 
-async def _start(config: ReflectConfig, teacher: HttpTeacher | LocalTeacher, *, generate: bool = True) -> None:
+async def _start(
+    config: ReflectConfig,
+    teacher: HttpTeacher | LocalTeacher,
+    *,
+    generate: bool = True,
+    store: AnswerStore | None = None,
+) -> None:
+    """Start the teacher; servers whose handshake ``store`` remembers are contacted only when a request must be
+    sent, so a run whose answers are all stored works with the servers down."""
     if isinstance(teacher, LocalTeacher):
         await teacher.start(generate=generate)
     else:
-        await teacher.start()
+        remembered = store.recall_teacher(teacher.signature) if store is not None else None
+        if remembered is not None:
+            teacher.restore(remembered)
+        else:
+            await teacher.start()
+            if store is not None:
+                store.remember_teacher(teacher.signature, teacher.handshake())
     if isinstance(teacher, HttpTeacher) and teacher.api == "generate" and teacher.tokenizer is None:
         teacher.tokenizer = await asyncio.to_thread(_load_tokenizer, teacher.teacher_id)
 
@@ -559,7 +582,7 @@ async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) 
         try:
             # Inside the try: a server that never gets healthy or refuses the token must not leave the
             # connection pools that start() opened behind.
-            await _start(config, teacher)
+            await _start(config, teacher, store=store)
             # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
             rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
 
@@ -644,12 +667,19 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
         teacher = _make_teacher(config, health_timeout=min(config.health_timeout, 10.0))
         try:
             checked = True
+            store = None
+            if (Path(config.store_dir) / STORE_FILE).is_file():
+                store = AnswerStore.open(config.store_dir, durable=False)
             try:
-                await _start(config, teacher, generate=False)
+                await _start(config, teacher, generate=False, store=store)
             except RecycledError as e:
                 logger.warning("store not checked: %s", e)
                 checked = False
-            store = AnswerStore.open(config.store_dir, durable=False) if checked else None
+            if checked and store is None:
+                store = AnswerStore.open(config.store_dir, durable=False)
+            elif not checked and store is not None:
+                store.close()
+                store = None
             try:
                 counts = _PlanCounts()
                 for row in rows:

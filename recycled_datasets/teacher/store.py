@@ -116,6 +116,24 @@ class AnswerStore:
     def close(self) -> None:
         self._db.close()
 
+    def remember_teacher(self, signature: str, handshake: dict[str, Any]) -> None:
+        """Record what the servers of ``signature`` told at their handshake (model name, limits)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            (f"teacher:{signature}", json.dumps(handshake, sort_keys=True)),
+        )
+
+    def recall_teacher(self, signature: str) -> dict[str, Any] | None:
+        """The handshake last recorded for ``signature``, so a run whose answers are all stored needs no server."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (f"teacher:{signature}",)).fetchone()
+        if row is None:
+            return None
+        try:
+            found = json.loads(row[0])
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{self.path}: the recorded teacher handshake is unreadable ({e})") from e
+        return found if isinstance(found, dict) else None
+
     def get(self, key: str) -> StoredAnswer | None:
         row = self._db.execute(
             "SELECT key, status, text, error, finish_reason, prompt_tokens, completion_tokens FROM answers "
