@@ -72,7 +72,7 @@ class HeadAdapter:
         if head is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings to score with")
         self.low = head.weight.detach().to(device)  # the model's dtype
-        self.sub = HEAD_SUB if device == "cpu" else HEAD_CHUNK
+        self.sub = HEAD_SUB if device.startswith("cpu") else HEAD_CHUNK
         self.mixed = self.low.dtype != torch.float32
         self.weight = self.low.to(torch.float32)
         bias = getattr(head, "bias", None)
