@@ -171,6 +171,19 @@ def test_batches_respect_the_token_budget():
     assert batches == engine_module.make_batches(list(reversed(jobs)), batch_tokens=20)
 
 
+def test_batches_bound_their_padding():
+    from recycled_datasets.scoring.plan import Job
+
+    lengths = [400, 390, 370, 300, 290, 30, 20, 10]
+    jobs = [Job(key=f"{i:02d}", ids=tuple(range(n)), start=1, n=n - 1) for i, n in enumerate(lengths)]
+    batches = engine_module.make_batches(jobs, batch_tokens=100_000)
+    assert [[len(j.ids) for j in b] for b in batches] == [[400, 390, 370], [300, 290], [30, 20], [10]]
+    for batch in batches:  # every row within 10% of its batch's longest, or within the small-row slack
+        longest = len(batch[0].ids)
+        gaps = [longest - len(j.ids) for j in batch]
+        assert all(g <= max(0.1 * longest, engine_module.PAD_SLACK) for g in gaps)
+
+
 def test_score_frame_schema(student):
     frame = score_pairs(PAIRS[:2], student, ScoreConfig(template="none", dtype="bfloat16", max_length=128))
     assert frame.schema["ifd"] == pl.Float64 and frame.schema["n_response_tokens"] == pl.Int32

@@ -121,7 +121,7 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
     Returns ``None`` on ranks other than 0 of a distributed run (rank 0 returns the merged frame).
     A score that cannot be computed is null, with the reason in ``reason`` and ``status`` = "missing".
     """
-    from recycled_datasets.scoring.engine import make_batches
+    from recycled_datasets.scoring.engine import batch_tokens_for, make_batches
     from recycled_datasets.scoring.plan import Planner
     from recycled_datasets.scoring.shards import ShardStore
 
@@ -158,8 +158,7 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
             logger.info(
                 "resuming: %d of %d sequences already scored", len(planner.jobs) - len(todo), len(planner.jobs)
             )
-        batch_tokens = config.batch_tokens or (65536 if device.startswith("cuda") else 8192)
-        batches = make_batches(todo, batch_tokens)[dist.rank :: dist.world]
+        batches = make_batches(todo, batch_tokens_for(device, config.batch_tokens))[dist.rank :: dist.world]
         if batches:
             model = load_model(student, dtype=dtype, device=device)
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

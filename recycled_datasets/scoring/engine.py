@@ -19,13 +19,30 @@ from recycled_datasets.scoring.plan import Job
 
 logger = logging.getLogger(__name__)
 
-HEAD_CHUNK = 1024  # scored positions per head matmul: bounds the fp32 logits buffer (chunk x vocab)
+HEAD_CHUNK = 1024  # scored positions per head matmul (a large M keeps the matmul efficient)
+# Positions per pass of the softmax work after the head matmul: their logits (8 x vocab, in the model's dtype
+# and in fp32) stay in the core's cache across the conversion, top-k, recompute and log-sum-exp, which on a
+# CPU halves that work against whole-chunk passes. The results are the same bit for bit. A GPU takes the whole
+# chunk at once (small passes would only add kernel launches).
+HEAD_SUB = 8
 EXACT_TOP = 16  # logits per position recomputed in fp32 on the mixed-precision path
+MAX_PADDING = 0.1  # a batch's rows are at least (1 - MAX_PADDING) x its longest row...
+PAD_SLACK = 16  # ...or at most this many tokens shorter, so short rows still share a forward pass
 
 
-def make_batches(jobs: Sequence[Job], batch_tokens: int, max_batch: int = 512) -> list[list[Job]]:
+def batch_tokens_for(device: str, batch_tokens: int | None = None) -> int:
+    """The padded-token budget of a forward pass: the user's, else 8192 on CPU and 65536 on GPU."""
+    return batch_tokens or (65536 if device.startswith("cuda") else 8192)
+
+
+def make_batches(
+    jobs: Sequence[Job], batch_tokens: int, max_batch: int = 512, max_padding: float = MAX_PADDING
+) -> list[list[Job]]:
     """Length-sorted batches whose padded size (rows x longest) stays within ``batch_tokens``.
 
+    Padding costs as much compute as real tokens, so a batch also ends where the next sequence is shorter
+    than its longest by more than ``max_padding`` of it (and more than ``PAD_SLACK`` tokens): a few more
+    forward passes instead of up to half of each one spent on padding when lengths spread widely.
     Deterministic for the same jobs: ties in length are broken by key. A sequence longer than the budget
     gets a batch of its own.
     """
@@ -34,7 +51,9 @@ def make_batches(jobs: Sequence[Job], batch_tokens: int, max_batch: int = 512) -
     current: list[Job] = []
     for job in ordered:
         longest = len(current[0].ids) if current else len(job.ids)
-        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
+        gap = longest - len(job.ids)
+        too_short = gap > PAD_SLACK and gap > max_padding * longest
+        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch or too_short):
             batches.append(current)
             current = []
         current.append(job)
@@ -53,6 +72,7 @@ class HeadAdapter:
         if head is None:
             raise ValueError(f"{type(model).__name__} has no output embeddings to score with")
         self.low = head.weight.detach().to(device)  # the model's dtype
+        self.sub = HEAD_SUB if device.startswith("cpu") else HEAD_CHUNK
         self.mixed = self.low.dtype != torch.float32
         self.weight = self.low.to(torch.float32)
         bias = getattr(head, "bias", None)
@@ -81,9 +101,26 @@ class HeadAdapter:
 
         h32 = hidden.to(torch.float32)
         if not self.mixed:
-            logits = torch.nn.functional.linear(h32, self.weight, self.bias)
-            return torch.nn.functional.cross_entropy(self.post(logits), target, reduction="none")
-        logits = torch.nn.functional.linear(hidden.to(self.low.dtype), self.low).to(torch.float32)
+            raw = torch.nn.functional.linear(h32, self.weight, self.bias)
+            parts = [
+                torch.nn.functional.cross_entropy(
+                    self.post(raw[lo : lo + self.sub]), target[lo : lo + self.sub], reduction="none"
+                )
+                for lo in range(0, len(target), self.sub)
+            ]
+            return torch.cat(parts) if parts else raw.new_empty(0)
+        raw = torch.nn.functional.linear(hidden.to(self.low.dtype), self.low)
+        parts = [
+            self._mixed_nll(raw[lo : lo + self.sub], h32[lo : lo + self.sub], target[lo : lo + self.sub])
+            for lo in range(0, len(target), self.sub)
+        ]
+        return torch.cat(parts) if parts else h32.new_empty(0)
+
+    def _mixed_nll(self, raw: Any, h32: Any, target: Any) -> Any:
+        """NLL from low-precision logits ``raw``, with the target's and the top logits recomputed in fp32."""
+        import torch
+
+        logits = raw.to(torch.float32)
         if self.bias is not None:
             logits += self.bias
         top = logits.topk(min(EXACT_TOP, logits.shape[-1]), dim=-1).indices
@@ -97,7 +134,21 @@ class HeadAdapter:
         return torch.logsumexp(self.post(logits), dim=-1) - self.post(exact_target)
 
 
-def _forward_hidden(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+def batch_tensors(batch: Sequence[Job], pad_id: int) -> tuple[Any, Any]:
+    """Right-padded ``input_ids`` and ``attention_mask`` ([rows, longest]) of a batch, on the CPU."""
+    import torch
+
+    longest = max(len(j.ids) for j in batch)
+    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for r, job in enumerate(batch):
+        ids[r, : len(job.ids)] = torch.tensor(job.ids, dtype=torch.long)
+        mask[r, : len(job.ids)] = 1
+    return ids, mask
+
+
+def forward_hidden(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """Final hidden states of the model's body (no output head): the scorer's forward pass."""
     body = model.base_model
     out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -116,27 +167,22 @@ def score_batches(
     head = HeadAdapter(model, device)
     with torch.inference_mode():
         for batch in batches:
-            longest = max(len(j.ids) for j in batch)
-            ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            rows, cols, targets, owner = [], [], [], []
+            ids, mask = batch_tensors(batch, pad_id)
+            rows, cols, targets = [], [], []
             for r, job in enumerate(batch):
-                ids[r, : len(job.ids)] = torch.tensor(job.ids, dtype=torch.long)
-                mask[r, : len(job.ids)] = 1
-                positions = range(job.start - 1, job.start - 1 + job.n)
                 rows.extend([r] * job.n)
-                cols.extend(positions)
+                cols.extend(range(job.start - 1, job.start - 1 + job.n))
                 targets.extend(job.ids[job.start : job.start + job.n])
-                owner.extend([r] * job.n)
-            hidden = _forward_hidden(model, ids.to(device), mask.to(device))
-            selected = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+            hidden = forward_hidden(model, ids.to(device), mask.to(device))
+            owner = torch.tensor(rows, device=device)
+            selected = hidden[owner, torch.tensor(cols, device=device)]
             target = torch.tensor(targets, dtype=torch.long, device=device)
             nll = torch.empty(len(targets), dtype=torch.float32, device=device)
             for lo in range(0, len(targets), HEAD_CHUNK):
                 hi = lo + HEAD_CHUNK
                 nll[lo:hi] = head.nll(selected[lo:hi], target[lo:hi])
             sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
-            sums.index_add_(0, torch.tensor(owner, device=device), nll.to(torch.float64))
+            sums.index_add_(0, owner, nll.to(torch.float64))
             counts = torch.tensor([j.n for j in batch], dtype=torch.float64, device=device)
             losses = (sums / counts).cpu().tolist()
             if not all(map(math.isfinite, losses)):
