@@ -19,6 +19,7 @@ from typing import Any
 
 from recycled_datasets.chat import chat_row, is_chat_record
 from recycled_datasets.errors import InputError
+from recycled_datasets.hf_datasets import split_of
 from recycled_datasets.records import SourceRow, Turn, assign_ids
 
 logger = logging.getLogger(__name__)
@@ -203,8 +204,8 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
                 records = _records_from_json(path, text)
             else:
                 raise InputError("unknown file type; use .json, .jsonl or .parquet", path=name)
-    elif path.is_dir() or looks_like_hub_id(name):
-        records = _records_from_datasets(name)
+    elif path.is_dir() or Path(split_of(name)[0]).is_dir() or looks_like_hub_id(name):
+        records = _records_from_datasets(name)  # a local datasets folder (with or without :SPLIT), or a Hub id
     else:
         offline = (
             _HUB_ID.match(name) and not looks_like_hub_id(name) and Path(name).suffix.lower() not in _FILE_SUFFIXES
