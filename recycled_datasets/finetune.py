@@ -247,6 +247,8 @@ def load_subset(dataset: str, config: str, *, revision: str | None = None) -> Su
     """
     import datasets
 
+    from recycled_datasets.hf_datasets import load_dataset
+
     if _is_local(dataset):
         if revision:
             raise ConfigError(f"--revision applies to Hub datasets; {dataset} is a local folder")
@@ -259,7 +261,7 @@ def load_subset(dataset: str, config: str, *, revision: str | None = None) -> Su
     if _is_local(dataset):
         _check_not_empty(Path(path), config)
     try:
-        rows = datasets.load_dataset(path, config, split="train", revision=sha)
+        rows = load_dataset(path, config, split="train", revision=sha)
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as e:
         raise InputError(f"cannot load config {config!r} (split 'train'): {e}", path=dataset) from e
     missing = [c for c in SUBSET_COLUMNS if c not in rows.column_names]

@@ -47,7 +47,7 @@ def records_from_datasets(source: str) -> Iterable[tuple[int, Any]]:
                     )
                 return enumerate(loaded, start=1)
         else:
-            loaded = datasets.load_dataset(name, split=split) if split else datasets.load_dataset(name)
+            loaded = load_dataset(name, split=split) if split else load_dataset(name)
             if split is not None:
                 return enumerate(loaded, start=1)
     except InputError:
@@ -66,3 +66,17 @@ def records_from_datasets(source: str) -> Iterable[tuple[int, Any]]:
     if chosen is None:
         raise InputError(f"has splits {sorted(loaded)} and none is 'train'; pick one as {name}:SPLIT", path=source)
     return enumerate(loaded[chosen], start=1)
+
+
+def load_dataset(name: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset``, but a local folder is always read afresh.
+
+    ``datasets`` caches a local folder's configs under the folder's base name and config name, not its full path
+    or its files' contents, so two releases both named ``dataset`` (or one rebuilt in place) can be served each
+    other's cached rows. Local folders are small next to what they cost to get wrong: they are prepared again.
+    """
+    import datasets
+
+    if Path(name).expanduser().exists():
+        kwargs.setdefault("download_mode", datasets.DownloadMode.FORCE_REDOWNLOAD)
+    return datasets.load_dataset(name, *args, **kwargs)

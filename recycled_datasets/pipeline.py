@@ -602,10 +602,11 @@ def _reference_splits(source: str) -> dict[str, list[Any]]:
             f"({', '.join(REFERENCE_SPLITS)}) or a Hub dataset id",
             path=source,
         )
-    import datasets
+
+    from recycled_datasets.hf_datasets import load_dataset
 
     try:
-        loaded = datasets.load_dataset(source)
+        loaded = load_dataset(source)
     except Exception as e:  # datasets raises many types: not found, no network, bad layout
         raise InputError(
             f"could not load it with datasets.load_dataset ({type(e).__name__}: {e}); give a local folder with "

@@ -20,6 +20,12 @@ def _offline_env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A datasets cache of this session's own: a cache left by an earlier run is never read back."""
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+
+
 @pytest.fixture
 def alpaca_path() -> Path:
     if not ALPACA.is_file():

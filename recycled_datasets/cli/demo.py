@@ -75,6 +75,8 @@ def demo(
 
     import datasets
 
+    from recycled_datasets.hf_datasets import load_dataset
+
     datasets.disable_progress_bars()
     folder = result.dataset
     if result.selection.report.rows_kept == 0:
@@ -82,7 +84,7 @@ def demo(
             f"no row of the sample passed the selection for {DEMO_STUDENT}, so its config is empty; "
             "the report above says why (rerun with --keep-unreflected to keep unreflected rows)"
         )
-    subset = datasets.load_dataset(str(folder), DEMO_STUDENT, split="train")
+    subset = load_dataset(str(folder), DEMO_STUDENT, split="train")
     call = f"load_dataset({str(folder)!r}, {DEMO_STUDENT!r})"
     out.print(f"\n{call} -> {subset.num_rows} rows, columns {subset.column_names}")
     for i, row in enumerate(subset.select(range(min(show, subset.num_rows)))):
