@@ -134,6 +134,8 @@ def reflect(
     table.add_row("requests sent", f"{stats.sent} ({stats.retries} retries{_reasons(stats.retry_reasons)})")
     table.add_row("answers from the store", str(stats.cached))
     table.add_row("unusable replies asked again", str(stats.parse_retries))
+    refused = ", ".join(f"{r} {n}" for r, n in sorted(stats.rejections.items())) or "none"
+    table.add_row("replies refused, per reason (attempts)", refused)
     for variant, counts in status_counts.items():
         table.add_row(f"{variant} status", ", ".join(f"{status} {n}" for status, n in sorted(counts)))
     table.add_row("tokens (prompt / output)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}")
