@@ -588,10 +588,23 @@ class BuildResult:
     scores: ScoreOutcome
     selection: Selection
     dataset: Path | None
+    # Wall seconds per stage (source, teacher, student scores, selection, release tree), in order.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build(config: BuildConfig) -> BuildResult:
     """Run the stages in a row; each one reuses what the workdir already holds for the same inputs."""
+    import time
+
+    seconds: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        seconds[stage] = round(now - clock, 3)
+        clock = now
+
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config.source is None:
@@ -603,6 +616,7 @@ def build(config: BuildConfig) -> BuildResult:
     else:
         info = load_source(config.source, limit=config.limit, skip_invalid=config.skip_invalid)
     logger.info("%d source rows from %s", len(info.rows), info.name)
+    lap("source")
 
     reflected = ensure_reflections(
         info.rows,
@@ -613,14 +627,18 @@ def build(config: BuildConfig) -> BuildResult:
         max_new_tokens=config.max_new_tokens,
         gates=config.gates,
     )
+    lap("teacher")
     scored = ensure_scores(reflected.frame, config.student, config.scoring, workdir=workdir)
+    lap("student scores")
     student = student_record(config.student, config.scoring)
     selection = select_and_write(
         scored.frame, reflected.frame, reflected.meta, student, config.selection, workdir=workdir
     )
+    lap("selection")
     dataset = materialize(workdir) if config.release else None
+    lap("release tree")
     return BuildResult(
-        workdir, config.student.key, len(info.rows), info.skipped, reflected, scored, selection, dataset
+        workdir, config.student.key, len(info.rows), info.skipped, reflected, scored, selection, dataset, seconds
     )
 
 

@@ -171,6 +171,7 @@ class ReflectStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    setup_seconds: float = 0.0  # of ``seconds``: connecting to the servers, or loading the local model
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -631,7 +632,9 @@ async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) 
         try:
             # Inside the try: a server that never gets healthy or refuses the token must not leave the
             # connection pools that start() opened behind.
+            started = time.monotonic()
             await _start(config, teacher, generate=not config.store_only)
+            run.stats.setup_seconds = round(time.monotonic() - started, 3)
             # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
             rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
 
