@@ -16,6 +16,8 @@ import typer
 from recycled_datasets.cli.options import (
     BatchTokens,
     Dtype,
+    Gate,
+    GateOff,
     MaxLength,
     MaxNewTokens,
     Quiet,
@@ -55,22 +57,6 @@ KeepUnreflected = Annotated[
 TopK = Annotated[int | None, typer.Option("--top-k", min=1, help="Keep only the k kept rows with the highest IFD.")]
 TopP = Annotated[
     float | None, typer.Option("--top-p", min=0.0, max=100.0, help="Keep only the top P percent of kept rows by IFD.")
-]
-Gate = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--gate",
-        help="Set a quality-gate threshold, NAME=VALUE (repeatable): max_repeats, min_repeat_chars, "
-        "max_compression, min_compression_chars, echo_min_words, echo_share. A change re-judges the stored "
-        "teacher answers without calling the teacher (pass the same --teacher).",
-    ),
-]
-GateOff = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--gate-off",
-        help="Turn a quality gate off (repeatable): scaffold_leak, echo, degenerate, cut_off or empty.",
-    ),
 ]
 SelectStudent = Annotated[str, typer.Option("--student", help="Key of a student already built in the workdir.")]
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from recycled_datasets.cli.options import MaxNewTokens, Quiet, SkipInvalid, Teacher
+from recycled_datasets.cli.options import Gate, GateOff, MaxNewTokens, Quiet, SkipInvalid, Teacher
 
 
 def reflect(
@@ -61,6 +61,8 @@ def reflect(
     retry_rejected: Annotated[
         bool, typer.Option("--retry-rejected", help="Resend requests the server refused (422) in an earlier run.")
     ] = False,
+    gate: Gate = None,
+    gate_off: GateOff = None,
     quiet: Quiet = False,
 ) -> None:
     """Ask the teacher for the ins, res and both variants of every source row; reruns reuse stored answers.
@@ -78,6 +80,7 @@ def reflect(
     from recycled_datasets.errors import ConfigError
     from recycled_datasets.pipeline import load_source, write_reflections
     from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
+    from recycled_datasets.teacher.gates import GateConfig
 
     if output.suffix.lower() != ".parquet":
         raise ConfigError(f"--output {output} must end in .parquet")
@@ -98,6 +101,7 @@ def reflect(
         timeout=timeout,
         max_retries=max_retries,
         retry_rejected=retry_rejected,
+        gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)
     table = Table(title="srecycle reflect" + (" (dry run)" if dry_run else ""), show_header=False)
@@ -124,6 +128,8 @@ def reflect(
         prompt_version=result.prompt_version,
         source=source.name,
         license=source.license,
+        gates=config.gates.as_dict(),
+        max_new_tokens=config.output_budget,
     )
     sidecar = output.with_suffix(".json")
     stats = result.stats
