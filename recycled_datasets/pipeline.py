@@ -217,22 +217,14 @@ def gate_summary(frame: pl.DataFrame) -> dict[str, int]:
     return reason_counts(d for v in VARIANTS[1:] for d in frame[f"{v}_detail"].to_list())
 
 
-def _rejudge(
-    existing: pl.DataFrame,
-    meta: dict[str, Any],
-    *,
-    teacher: str,
-    max_new_tokens: int | None,
-    workdir: Path,
-    gates: Any,
-) -> Any:
+def _rejudge(existing: pl.DataFrame, meta: dict[str, Any], *, teacher: str, workdir: Path, gates: GateConfig) -> Any:
     """Judge the rows of ``existing`` again under ``gates`` from the stored answers, without calling the teacher."""
     import polars as pl
 
     from recycled_datasets.teacher import reflect_rows, teacher_identity
 
     # The stored answers are keyed by the request, budget included: ask for them with the budget they had.
-    budget = meta.get("max_new_tokens", max_new_tokens)
+    budget = meta["max_new_tokens"]
     config = replace(_reflect_config(teacher, budget, workdir, gates), store_only=True)
     teacher_id, prompt_version = teacher_identity(config)
     if (meta["teacher"], meta["prompt_version"]) != (teacher_id, prompt_version):
@@ -288,16 +280,25 @@ def ensure_reflections(
     changed = False
     if existing is not None and meta is not None and not meta["teacher"].startswith("reference:"):
         if meta.get("gates") != gates.as_dict():
-            if teacher is None:
+            if "max_new_tokens" not in meta:
+                # Made before the gates existed: the output budget its requests had (part of their keys) is
+                # unknown, and guessing it wrong would turn every stored answer into a fallback.
+                logger.warning(
+                    "the reflections in %s were made before quality gates were recorded; they stay as they are "
+                    "(to judge them, remove %s and build again with the same --teacher and --max-new-tokens: the "
+                    "answers stored in %s are reused)",
+                    workdir,
+                    reflections_path(workdir),
+                    workdir / "teacher",
+                )
+            elif teacher is None:
                 logger.warning(
                     "the reflections in %s were judged with other quality gates; pass --teacher (the same one) to "
                     "judge them again from the stored answers (no teacher call is made)",
                     workdir,
                 )
             else:
-                existing, rejudge_stats = _rejudge(
-                    existing, meta, teacher=teacher, max_new_tokens=max_new_tokens, workdir=workdir, gates=gates
-                )
+                existing, rejudge_stats = _rejudge(existing, meta, teacher=teacher, workdir=workdir, gates=gates)
                 rejudged, changed = existing.height, True
     pool = existing
     if missing:

@@ -66,3 +66,21 @@ def test_a_changed_threshold_rejudges_from_the_store_with_zero_teacher_calls(tmp
         # Without a teacher the old judgement stays (and a warning says how to re-judge).
         kept = ensure_reflections(ROWS, teacher=None, gates=GateConfig(), **kwargs)
         assert kept.rejudged == 0 and statuses(workdir) == after
+
+
+def test_reflections_made_before_the_gates_are_left_as_they_are(tmp_path):
+    """Their requests' output budget is unknown, so a re-judge could not find their answers: keep them."""
+    workdir = tmp_path / "work"
+    kwargs = dict(workdir=workdir, source="test", license="other")
+    with TeacherServer(faults=Faults(reply=reply)) as server:
+        ensure_reflections(ROWS, teacher=server.url, **kwargs)
+        meta_path = workdir / "reflections.json"
+        legacy = {
+            k: v
+            for k, v in json.loads(meta_path.read_text()).items()
+            if k in ("teacher", "teacher_revision", "prompt_version", "source", "rows", "license")
+        }
+        meta_path.write_text(json.dumps(legacy))
+        before = statuses(workdir)
+        outcome = ensure_reflections(ROWS, teacher=server.url, gates=GateConfig(max_repeats=4), **kwargs)
+        assert outcome.rejudged == 0 and statuses(workdir) == before
