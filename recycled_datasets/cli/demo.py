@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DEMO_STUDENT = "smollm2-135m"
 # The demo's size: enough rows to show every branch of the rule, few enough to finish in minutes on 2 cores.
 # The teacher's generation is most of the time (see the README: what the demo costs).
-DEMO_ROWS = 12
+DEMO_ROWS = 10
 DEMO_MAX_NEW_TOKENS = 160
 VARIANTS = ("ori", "ins", "res", "both")
 
