@@ -5,9 +5,10 @@ Per source row, three teacher calls: instruction reflection of ``ori`` -> ``ins`
 ``ins`` fell back to the original, ``both`` reflects the original pair instead (the very request ``res``
 sends, so it is asked once) and its detail says so.
 
-A reply whose sections cannot be used is asked once more, sampled (``retry_temperature``, seed + 1) because
-a greedy retry would return the same text; if that fails too, the variant falls back to the original field
-and the detail records which field and why. A request the server refuses (422) marks the variant failed.
+A reply whose sections cannot be used (unparsable, or refused by a quality gate: ``gates.py``) is asked once
+more, sampled (``retry_temperature``, seed + 1) because a greedy retry would return the same text; if that
+fails too, the variant falls back to the original field and the detail records which field and why, each
+reason tagged with its name in brackets (``[cut_off]``, ``[unparsed]``, ...). A request the server refuses (422) marks the variant failed.
 Every answer is looked up in the store before it is asked for and committed there as it arrives, so the
 stage can be killed at any point and rerun.
 """
@@ -261,7 +262,7 @@ def parse_instruction_reply(
 ) -> tuple[dict[str, str] | None, str | None]:
     """The new instruction and its answer from an instruction-reflection reply, or why there are none.
 
-    ``original`` is the instruction being reflected (with its input), which the new one must not echo.
+    ``original`` is the instruction being reflected (without its input), which the new one must not echo.
     The run and the dry run (:func:`plan_rows`) both parse with this, so they agree on which replies count.
     """
     judge = judge or Judge(scaffold=prompts.scaffold())
@@ -282,7 +283,7 @@ def parse_response_reply(
 ) -> tuple[dict[str, str] | None, str | None]:
     """The better answer from a response-reflection reply, or why there is none.
 
-    ``instruction`` is what the answer answers (with its input) and ``original`` the answer it improves on.
+    ``instruction`` is what the answer answers (without its input) and ``original`` the answer it improves on.
     """
     judge = judge or Judge(scaffold=prompts.scaffold())
     answer = parse_sections(
