@@ -9,8 +9,8 @@ A reply whose sections cannot be used (unparsable, or refused by a quality gate:
 more, sampled (``retry_temperature``, seed + 1) because a greedy retry would return the same text; if that
 fails too, the variant falls back to the original field and the detail records which field and why, each
 reason tagged with its name in brackets (``[cut_off]``, ``[unparsed]``, ...). A request the server refuses
-(422) marks the variant failed. Every answer is looked up in the store before it is asked for and committed there as it arrives, so the
-stage can be killed at any point and rerun.
+(422) marks the variant failed. Every answer is looked up in the store before it is asked for and committed
+there as it arrives, so the stage can be killed at any point and rerun.
 """
 
 from __future__ import annotations
