@@ -47,7 +47,8 @@ def leaks_in_kept_rows(workdir: Path) -> list[tuple[str, str]]:
     ]
 
 
-def test_a_leaking_teacher_is_caught_counted_and_kept_out_of_the_subset(tmp_path: Path, capsys):
+def test_a_leaking_teacher_is_caught_counted_and_kept_out_of_the_subset(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # summary rows on one line each
     workdir = tmp_path / "work"
     args = ["build", "--workdir", str(workdir), "--student", STUDENT, "--source", str(SAMPLE), "--limit", "3"]
     args += ["--keep-unreflected"]
@@ -76,7 +77,10 @@ def test_a_leaking_teacher_is_caught_counted_and_kept_out_of_the_subset(tmp_path
 
 
 @pytest.mark.slow
-def test_the_embedded_teacher_on_the_bundled_sample_leaves_no_prompt_text_in_the_subset(tmp_path: Path, capsys):
+def test_the_embedded_teacher_on_the_bundled_sample_leaves_no_prompt_text_in_the_subset(
+    tmp_path: Path, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "200")
     workdir = tmp_path / "work"
     main(
         ["build", "--workdir", str(workdir), "--student", STUDENT, "--source", "sample", "--limit", "4"]
