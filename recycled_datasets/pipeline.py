@@ -47,6 +47,7 @@ from recycled_datasets.store import (
     write_json,
     write_parquet,
 )
+from recycled_datasets.teacher.gates import GateConfig, reason_counts
 
 if TYPE_CHECKING:
     import polars as pl
@@ -104,9 +105,15 @@ def write_reflections(
     prompt_version: str,
     source: str,
     license: str,
+    gates: dict[str, Any] | None = None,
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Write a reflections table and its ``.json`` sidecar (the workdir contract); returns the sidecar."""
-    meta = {
+    """Write a reflections table and its ``.json`` sidecar (the workdir contract); returns the sidecar.
+
+    A teacher run also records the quality gates its rows were judged with, the output budget its requests
+    had (both needed to judge them again from the store), and the fallbacks per reason.
+    """
+    meta: dict[str, Any] = {
         "teacher": teacher,
         "teacher_revision": teacher_revision,
         "prompt_version": prompt_version,
@@ -114,6 +121,8 @@ def write_reflections(
         "rows": frame.height,
         "license": license,
     }
+    if gates is not None:
+        meta.update(gates=gates, max_new_tokens=max_new_tokens, fallback_reasons=gate_summary(frame))
     write_parquet(frame, path, reflections_schema(context=CONTEXT_COLUMN in frame.columns))
     write_json(path.with_suffix(".json"), meta)
     return meta
@@ -201,6 +210,8 @@ class ReflectOutcome:
     reused: int
     reflected: int
     teacher_stats: Any = None
+    rejudged: int = 0  # rows judged again from the answer store because the quality gates changed
+    rejudge_stats: Any = None
 
 
 def _rows_from_frame(frame: pl.DataFrame) -> list[SourceRow]:
@@ -217,10 +228,44 @@ def _rows_from_frame(frame: pl.DataFrame) -> list[SourceRow]:
     ]
 
 
-def _reflect_config(teacher: str, max_new_tokens: int | None, workdir: Path) -> Any:
+def _reflect_config(teacher: str, max_new_tokens: int | None, workdir: Path, gates: GateConfig | None = None) -> Any:
     from recycled_datasets.teacher import ReflectConfig
 
-    return ReflectConfig(teacher=teacher, store_dir=Path(workdir) / "teacher", max_new_tokens=max_new_tokens)
+    return ReflectConfig(
+        teacher=teacher,
+        store_dir=Path(workdir) / "teacher",
+        max_new_tokens=max_new_tokens,
+        gates=gates or GateConfig(),
+    )
+
+
+def gate_summary(frame: pl.DataFrame) -> dict[str, int]:
+    """Variants that fell back or failed, per reason named in their detail (a gate, ``unparsed``, ...)."""
+    return reason_counts(d for v in VARIANTS[1:] for d in frame[f"{v}_detail"].to_list())
+
+
+def _rejudge(existing: pl.DataFrame, meta: dict[str, Any], *, teacher: str, workdir: Path, gates: GateConfig) -> Any:
+    """Judge the rows of ``existing`` again under ``gates`` from the stored answers, without calling the teacher."""
+    import polars as pl
+
+    from recycled_datasets.teacher import reflect_rows, teacher_identity
+
+    # The stored answers are keyed by the request, budget included: ask for them with the budget they had.
+    budget = meta["max_new_tokens"]
+    config = replace(_reflect_config(teacher, budget, workdir, gates), store_only=True)
+    teacher_id, prompt_version = teacher_identity(config)
+    if (meta["teacher"], meta["prompt_version"]) != (teacher_id, prompt_version):
+        raise ConfigError(
+            f"the quality gates changed, and the reflections in {workdir} were made by {meta['teacher']} (prompt "
+            f"{meta['prompt_version']}), not {teacher_id} (prompt {prompt_version}): pass the same --teacher to "
+            "re-judge them from its stored answers"
+        )
+    rows = _rows_from_frame(existing)
+    result = reflect_rows(rows, config)
+    frame = result.table.select(REFLECTION_COLUMNS).with_columns(
+        pl.Series("source_index", [r.index for r in rows], dtype=pl.Int64)
+    )
+    return with_context(frame, rows), result.stats
 
 
 def ensure_reflections(
@@ -231,6 +276,7 @@ def ensure_reflections(
     source: str,
     license: str,
     max_new_tokens: int | None = None,
+    gates: GateConfig | None = None,
 ) -> ReflectOutcome:
     """Reflections for ``rows``: taken from DIR/reflections.parquet where present, the rest from the teacher.
 
@@ -239,9 +285,15 @@ def ensure_reflections(
     reflected in the workdir (ordered by source index), so a smaller build (``--limit``) never forces a later
     build to ask the teacher again. New rows must come from the teacher run that made the existing ones, so
     one workdir never mixes teachers or prompt versions. Returns the rows of this build, in its order.
+
+    reflections.json records the quality gates the rows were judged with. When ``gates`` differ, the existing
+    rows are judged again from the teacher's stored answers (no call is made: a variant whose changed outcome
+    would need a new request falls back with the reason ``not_asked``); that needs ``teacher`` to name the
+    same teacher, else the old judgement stays and a warning says so.
     """
     import polars as pl
 
+    gates = gates or GateConfig()
     workdir = Path(workdir)
     existing: pl.DataFrame | None = None
     meta: dict[str, Any] | None = None
@@ -250,7 +302,31 @@ def ensure_reflections(
     have = set(existing["id"].to_list()) if existing is not None else set()
     missing = [row for row in rows if row.id not in have]
 
-    stats = None
+    stats = rejudge_stats = None
+    rejudged = 0
+    changed = False
+    if existing is not None and meta is not None and not meta["teacher"].startswith("reference:"):
+        if meta.get("gates") != gates.as_dict():
+            if "max_new_tokens" not in meta:
+                # Made before the gates existed: the output budget its requests had (part of their keys) is
+                # unknown, and guessing it wrong would turn every stored answer into a fallback.
+                logger.warning(
+                    "the reflections in %s were made before quality gates were recorded; they stay as they are "
+                    "(to judge them, remove %s and build again with the same --teacher and --max-new-tokens: the "
+                    "answers stored in %s are reused)",
+                    workdir,
+                    reflections_path(workdir),
+                    workdir / "teacher",
+                )
+            elif teacher is None:
+                logger.warning(
+                    "the reflections in %s were judged with other quality gates; pass --teacher (the same one) to "
+                    "judge them again from the stored answers (no teacher call is made)",
+                    workdir,
+                )
+            else:
+                existing, rejudge_stats = _rejudge(existing, meta, teacher=teacher, workdir=workdir, gates=gates)
+                rejudged, changed = existing.height, True
     pool = existing
     if missing:
         if teacher is None:
@@ -265,7 +341,7 @@ def ensure_reflections(
             )
         from recycled_datasets.teacher import reflect_rows, teacher_identity
 
-        reflect_config = _reflect_config(teacher, max_new_tokens, workdir)
+        reflect_config = _reflect_config(teacher, max_new_tokens, workdir, gates)
         if meta is not None:  # check before paying for calls that could not be mixed with the existing rows
             teacher_id, prompt_version = teacher_identity(reflect_config)
             if (meta["teacher"], meta["prompt_version"]) != (teacher_id, prompt_version):
@@ -283,18 +359,37 @@ def ensure_reflections(
         # diagonal: a context column on one side only is null (no earlier turns) on the other
         pool = new if existing is None else pl.concat([existing, new], how="diagonal_relaxed")
         pool = pool.sort("source_index", "id", maintain_order=True).select(reflection_columns(pool.columns))
+        meta = {
+            **(meta or {}),
+            "teacher": result.teacher_id,
+            "teacher_revision": result.teacher_revision,
+            "prompt_version": result.prompt_version,
+            "max_new_tokens": reflect_config.output_budget,
+        }
+        changed = True
+    assert pool is not None and meta is not None  # read from the workdir or made just now
+    if changed:
         meta = write_reflections(
             pool,
             reflections_path(workdir),
-            teacher=result.teacher_id,
-            teacher_revision=result.teacher_revision,
-            prompt_version=result.prompt_version,
+            teacher=meta["teacher"],
+            teacher_revision=meta["teacher_revision"],
+            prompt_version=meta["prompt_version"],
             source=source,
             license=license,
+            gates=gates.as_dict(),
+            max_new_tokens=meta.get("max_new_tokens", max_new_tokens),
         )
-    assert pool is not None and meta is not None  # read from the workdir or made just now
     frame = rows_of(pool, [r.id for r in rows])
-    return ReflectOutcome(frame, meta, reused=len(rows) - len(missing), reflected=len(missing), teacher_stats=stats)
+    return ReflectOutcome(
+        frame,
+        meta,
+        reused=len(rows) - len(missing),
+        reflected=len(missing),
+        teacher_stats=stats,
+        rejudged=rejudged,
+        rejudge_stats=rejudge_stats,
+    )
 
 
 def rows_of(reflections: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
@@ -420,6 +515,7 @@ def select_and_write(
     report = selection.report.with_provenance(
         student=student, teacher=meta["teacher"], prompt_version=meta["prompt_version"], source=meta["source"]
     )
+    report = replace(report, teacher_fallbacks=gate_summary(reflections))
     subset = subset_frame(selection.frame, reflections, student=student["key"], teacher=meta["teacher"])
     context = CONTEXT_COLUMN in reflections.columns
     if context:  # the release writes each kept chat row with its earlier turns
@@ -479,6 +575,8 @@ class BuildConfig:
         selection: the selection mode and optional top cut.
         scoring: the student's scoring settings.
         release: write DIR/dataset at the end.
+        gates: the quality gates of the teacher's sections (a change re-judges stored answers, see
+            ``ensure_reflections``).
     """
 
     workdir: Path
@@ -491,6 +589,7 @@ class BuildConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     scoring: ScoreConfig = field(default_factory=ScoreConfig)
     release: bool = True
+    gates: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
         if self.student.key in RESERVED_KEYS:
@@ -516,10 +615,23 @@ class BuildResult:
     scores: ScoreOutcome
     selection: Selection
     dataset: Path | None
+    # Wall seconds per stage (source, teacher, student scores, selection, release tree), in order.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build(config: BuildConfig) -> BuildResult:
     """Run the stages in a row; each one reuses what the workdir already holds for the same inputs."""
+    import time
+
+    seconds: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        seconds[stage] = round(now - clock, 3)
+        clock = now
+
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config.source is None:
@@ -531,6 +643,7 @@ def build(config: BuildConfig) -> BuildResult:
     else:
         info = load_source(config.source, limit=config.limit, skip_invalid=config.skip_invalid)
     logger.info("%d source rows from %s", len(info.rows), info.name)
+    lap("source")
 
     reflected = ensure_reflections(
         info.rows,
@@ -539,15 +652,20 @@ def build(config: BuildConfig) -> BuildResult:
         source=info.name,
         license=info.license,
         max_new_tokens=config.max_new_tokens,
+        gates=config.gates,
     )
+    lap("teacher")
     scored = ensure_scores(reflected.frame, config.student, config.scoring, workdir=workdir)
+    lap("student scores")
     student = student_record(config.student, config.scoring)
     selection = select_and_write(
         scored.frame, reflected.frame, reflected.meta, student, config.selection, workdir=workdir
     )
+    lap("selection")
     dataset = materialize(workdir) if config.release else None
+    lap("release tree")
     return BuildResult(
-        workdir, config.student.key, len(info.rows), info.skipped, reflected, scored, selection, dataset
+        workdir, config.student.key, len(info.rows), info.skipped, reflected, scored, selection, dataset, seconds
     )
 
 

@@ -100,6 +100,8 @@ class SelectionReport:
     teacher: str = ""
     prompt_version: str = ""
     source: str = ""
+    # Variants of these rows whose teacher text was refused, per reason (a quality gate, unparsed, ...).
+    teacher_fallbacks: dict[str, int] = field(default_factory=dict)
 
     def with_provenance(
         self, *, student: dict[str, str], teacher: str, prompt_version: str, source: str
@@ -121,6 +123,7 @@ class SelectionReport:
             "drops",
             "quantiles",
             "top",
+            "teacher_fallbacks",
         )
         return {k: d[k] for k in order}
 
@@ -302,6 +305,8 @@ def report_table(report: SelectionReport) -> Table:
         table.add_row(f"final = {v}", str(report.branches.get(v, 0)))
     for r, n in report.drops.items():
         table.add_row(f"dropped: {r}", str(n))
+    for r, n in report.teacher_fallbacks.items():
+        table.add_row(f"teacher text refused: {r}", f"{n} variants")
     if report.top is not None:
         table.add_row("top cut", ", ".join(f"{k}={v}" for k, v in report.top.items()))
     for metric, label in (("ifd", "IFD"), ("rifd", "r-IFD")):

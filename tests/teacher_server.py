@@ -86,8 +86,9 @@ def realistic_reply(user_text: str, temperature: float) -> str:
         return (
             f"Step 1: the instruction '{instruction[:60]}' is vague and asks for little detail; the answer is short "
             "and skips the reasoning.\n\n"
-            f"[New Instruction] Explain in depth, with two worked examples, how to approach: {instruction}{sampled} "
-            "[End]\n\n"
+            # A new instruction that does not contain the original whole (the echo gate would refuse it).
+            f"[New Instruction] Explain in depth, with two worked examples, how to approach a task like "
+            f"'{instruction[:30]}...'{sampled} [End]\n\n"
             f"[New Answer] A complete answer to the harder task about {instruction[:40]} ({digest}): first define "
             "the terms, then work both examples step by step, then summarize the method. [End]"
         )

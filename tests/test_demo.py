@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -29,6 +30,8 @@ def test_demo_on_a_reduced_sample(tmp_path):
         "--keep-unreflected",
         "--show",
         "3",
+        "--compare",
+        "2",
     ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=1500, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -41,6 +44,15 @@ def test_demo_on_a_reduced_sample(tmp_path):
     for row in subset.select(range(min(3, subset.num_rows))):
         assert f"id {row['id']}" in result.stdout  # the rows loaded back are printed
     assert "srecycle demo: summary" in result.stdout
+    # The method itself: two rows' four variants side by side, with scores and the branch the rule took.
+    assert result.stdout.count(": the four variants") == 2
+    assert result.stdout.count("branch: IFD(ins)") == 2 and "-> final = " in result.stdout
+    for label in ("instruction", "answer", "status", "IFD", "r-IFD"):
+        assert f"│ {label} " in result.stdout
+    # The seconds of each stage and the total.
+    for stage in ("teacher: reflections", "loading the teacher model", "student: IFD / r-IFD", "release tree"):
+        assert re.search(rf"{re.escape(stage)}.*│\s+\d+\.\d │", result.stdout), stage
+    assert re.search(r"total .*│\s+\d+\.\d │", result.stdout)
 
     card = DatasetCard.load(folder / "README.md")
     configs = card.data.to_dict()["configs"]
@@ -52,5 +64,5 @@ def test_demo_on_a_reduced_sample(tmp_path):
     # A rerun reuses every stage: no teacher work, same subset.
     again = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 / 4" in again.stdout  # rows reflected this run / reused
+    assert "0 rows reflected, 4 reused" in again.stdout
     assert datasets.load_dataset(str(folder), "smollm2-135m", split="train")["id"] == subset["id"]

@@ -238,6 +238,7 @@ def test_report_json_has_the_workdir_contract_shape():
         "drops",
         "quantiles",
         "top",
+        "teacher_fallbacks",
     ]
     assert list(data["branches"]) == ["both", "ins", "res", "ori"]
     assert list(data["quantiles"]["ifd"]) == ["p10", "p25", "p50", "p75", "p90"]

@@ -44,7 +44,7 @@ def test_cli_writes_the_table_and_reports_retries(tmp_path, capsys):
     src = write_source(tmp_path / "src.json", 4)
     out = tmp_path / "work" / "reflections.parquet"
     with TeacherServer(faults=Faults(burst_429=3)) as srv:
-        main(reflect_args(src, srv.url, out, tmp_path / "store", "--max-new-tokens", "64"))
+        main(reflect_args(src, srv.url, out, tmp_path / "store", "--max-new-tokens", "256"))
         printed = capsys.readouterr().out
         table = pl.read_parquet(out)
         assert table.columns == list(REFLECTION_COLUMNS) and table.height == 4
@@ -54,7 +54,7 @@ def test_cli_writes_the_table_and_reports_retries(tmp_path, capsys):
         assert sidecar["teacher"] == "fixture/teacher-7b" and sidecar["prompt_version"] == "srecycle-v1"
         assert sidecar["rows"] == 4
 
-        main(reflect_args(src, srv.url, out, tmp_path / "store", "--max-new-tokens", "64", "--dry-run"))
+        main(reflect_args(src, srv.url, out, tmp_path / "store", "--max-new-tokens", "256", "--dry-run"))
         printed = capsys.readouterr().out
         assert re.search(r"calls to send\W+0\b", printed) and re.search(r"answers already stored\W+12\b", printed)
         assert srv.generation_requests() == 15  # the dry run sent nothing

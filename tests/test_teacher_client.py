@@ -80,7 +80,7 @@ assert huggingface_hub.constants.HF_HUB_OFFLINE, "the Hub must be offline for th
 rows = assign_ids([("Give three tips for staying healthy.", "", "Eat well, sleep, exercise.")])
 with TeacherServer() as server, tempfile.TemporaryDirectory() as tmp:
     config = ReflectConfig(
-        teacher=server.url, store_dir=Path(tmp) / "store", max_new_tokens=64, backoff_base=0.005,
+        teacher=server.url, store_dir=Path(tmp) / "store", max_new_tokens=256, backoff_base=0.005,
         backoff_max=0.05, timeout=5.0, health_timeout=5.0, durable=False, progress=False,
     )
     result = reflect_rows(rows, config)

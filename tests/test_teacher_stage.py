@@ -197,12 +197,12 @@ def test_fallback_names_the_field_and_why_and_both_reflects_the_original(tmp_pat
     assert row["ins_instruction"] == "Translate the sentence into French.\nThe cat sleeps."
     assert row["ins_output"] == "Le chat dort." and row["ins_input"] == ""
     assert "ins_instruction and ins_output fell back" in row["ins_detail"]
-    assert "attempt 1: no [New Answer] section" in row["ins_detail"] and "attempt 2:" in row["ins_detail"]
+    assert "attempt 1: [unparsed] no [New Answer] section" in row["ins_detail"] and "attempt 2:" in row["ins_detail"]
     assert "input is folded into the instruction" in row["ins_detail"]
     assert row["res_output"] == "Le chat dort."
     assert "res_output fell back to the original" in row["res_detail"]
-    assert "attempt 1: the [Better Answer] section says N/A" in row["res_detail"]
-    assert "attempt 2: the [Better Answer] section is empty" in row["res_detail"]
+    assert "attempt 1: [unparsed] the [Better Answer] section says N/A" in row["res_detail"]
+    assert "attempt 2: [unparsed] the [Better Answer] section is empty" in row["res_detail"]
     assert "both reflects the original pair" in row["both_detail"] and "both_output fell back" in row["both_detail"]
     assert row["both_instruction"] == row["ins_instruction"] and row["both_output"] == "Le chat dort."
     # both asked the very request res asked: 2 ins attempts + 2 res attempts, nothing more.

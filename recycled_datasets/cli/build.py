@@ -16,6 +16,8 @@ import typer
 from recycled_datasets.cli.options import (
     BatchTokens,
     Dtype,
+    Gate,
+    GateOff,
     MaxLength,
     MaxNewTokens,
     Quiet,
@@ -91,6 +93,8 @@ def build(
     dtype: Dtype = None,
     max_length: MaxLength = 2048,
     batch_tokens: BatchTokens = None,
+    gate: Gate = None,
+    gate_off: GateOff = None,
     quiet: Quiet = False,
 ) -> None:
     """Build one student's sRecycled subset: reflect (cached) -> score (cached) -> select -> DIR/dataset."""
@@ -102,6 +106,7 @@ def build(
     from recycled_datasets.pipeline import BuildConfig
     from recycled_datasets.pipeline import build as run_build
     from recycled_datasets.scoring import ScoreConfig
+    from recycled_datasets.teacher.gates import GateConfig
 
     started = time.monotonic()
     spec = resolve_student(student, name=name, template=template, students_file=students_file)
@@ -115,6 +120,7 @@ def build(
         skip_invalid=skip_invalid,
         selection=_selection(keep_unreflected, top_k, top_p),
         scoring=ScoreConfig(max_length=max_length, dtype=dtype, batch_tokens=batch_tokens),
+        gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     from recycled_datasets.locking import locked_all
 
@@ -137,8 +143,21 @@ def build(
             f"{stats.sent} sent, {stats.cached} from the store, {stats.fallbacks} fallbacks, "
             f"{stats.failures} refused ({stats.seconds:.0f} s)",
         )
-    else:
+        refused = ", ".join(f"{r} {n}" for r, n in sorted(stats.rejections.items())) or "none"
+        table.add_row("replies refused, per reason (attempts)", refused)
+    elif result.reflections.rejudge_stats is None:
         table.add_row("teacher calls", "none (every row already had its reflections)")
+    if result.reflections.rejudge_stats is not None:
+        rejudged = result.reflections.rejudge_stats
+        table.add_row(
+            "re-judged (gates changed)",
+            f"{result.reflections.rejudged} rows from {rejudged.cached} stored answers, {rejudged.sent} teacher calls",
+        )
+    reasons = result.selection.report.teacher_fallbacks
+    table.add_row(
+        "teacher text refused",
+        ", ".join(f"{r} {n}" for r, n in reasons.items()) + " (variants)" if reasons else "none",
+    )
     table.add_row("scores", f"{result.scores.pairs} pairs ({'reused' if result.scores.reused else 'scored'})")
     table.add_row("subset", f"{result.selection.report.rows_kept} of {result.rows} rows")
     table.add_row("dataset", str(result.dataset))

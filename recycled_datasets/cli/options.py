@@ -45,3 +45,19 @@ Teacher = Annotated[
 ]
 MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Output budget per teacher call.")]
 Workdir = Annotated[Path, typer.Option("--workdir", help="Working folder holding every stage's output and caches.")]
+Gate = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gate",
+        help="Set a quality-gate threshold, NAME=VALUE (repeatable): max_repeats, min_repeat_chars, "
+        "max_compression, min_compression_chars, echo_min_words, echo_share. A change re-judges the stored "
+        "teacher answers without calling the teacher (build: pass the same --teacher).",
+    ),
+]
+GateOff = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gate-off",
+        help="Turn a quality gate off (repeatable): scaffold_leak, echo, degenerate, cut_off or empty.",
+    ),
+]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from recycled_datasets.cli.options import MaxNewTokens, Quiet, SkipInvalid, Teacher
+from recycled_datasets.cli.options import Gate, GateOff, MaxNewTokens, Quiet, SkipInvalid, Teacher
 
 
 def reflect(
@@ -69,6 +69,8 @@ def reflect(
     retry_rejected: Annotated[
         bool, typer.Option("--retry-rejected", help="Resend requests the server refused (422) in an earlier run.")
     ] = False,
+    gate: Gate = None,
+    gate_off: GateOff = None,
     quiet: Quiet = False,
 ) -> None:
     """Ask the teacher for the ins, res and both variants of every source row; reruns reuse stored answers.
@@ -87,6 +89,7 @@ def reflect(
     from recycled_datasets.pipeline import load_source, write_reflections
     from recycled_datasets.safety import check_distinct
     from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
+    from recycled_datasets.teacher.gates import GateConfig
 
     if output.suffix.lower() != ".parquet":
         raise ConfigError(f"--output {output} must end in .parquet")
@@ -109,6 +112,7 @@ def reflect(
         max_retries=max_retries,
         max_retry_seconds=max_retry_time,
         retry_rejected=retry_rejected,
+        gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)
     table = Table(title="srecycle reflect" + (" (dry run)" if dry_run else ""), show_header=False)
@@ -139,6 +143,8 @@ def reflect(
             prompt_version=result.prompt_version,
             source=source.name,
             license=source.license,
+            gates=config.gates.as_dict(),
+            max_new_tokens=config.output_budget,
         )
     sidecar = output.with_suffix(".json")
     stats = result.stats
@@ -149,6 +155,8 @@ def reflect(
     table.add_row("requests sent", f"{stats.sent} ({stats.retries} retries{_reasons(stats.retry_reasons)})")
     table.add_row("answers from the store", str(stats.cached))
     table.add_row("unusable replies asked again", str(stats.parse_retries))
+    refused = ", ".join(f"{r} {n}" for r, n in sorted(stats.rejections.items())) or "none"
+    table.add_row("replies refused, per reason (attempts)", refused)
     for variant, counts in status_counts.items():
         table.add_row(f"{variant} status", ", ".join(f"{status} {n}" for status, n in sorted(counts)))
     table.add_row("tokens (prompt / output)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}")

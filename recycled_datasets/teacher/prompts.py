@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,6 +24,7 @@ from pathlib import Path
 from recycled_datasets.chat import teacher_context
 from recycled_datasets.errors import ConfigError
 from recycled_datasets.records import Turn
+from recycled_datasets.teacher.gates import Scaffold, Verdict, scaffold_of
 
 DEFAULT_PROMPT_VERSION = "srecycle-v1"
 INSTRUCTION_PROMPT_FILE = "instruction_reflection.txt"
@@ -73,6 +74,10 @@ class PromptSet:
         if not self.placeholders:
             found = {m: _layout_placeholders(self.instruction + "\n" + self.response, m) for m in MARKERS}
             object.__setattr__(self, "placeholders", found)
+
+    def scaffold(self) -> Scaffold:
+        """The labels, headings and phrases of both prompts, which the quality gates look for in a reply."""
+        return scaffold_of((self.instruction, self.response), [p for ps in self.placeholders.values() for p in ps])
 
     def render_instruction(self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()) -> str:
         """The instruction-reflection request for one example (after its earlier turns, for a chat row)."""
@@ -151,10 +156,17 @@ def load_prompts(
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One parsed section: its text, or why there is no usable text (``text`` is None then)."""
+    """One parsed section: its text, or why there is no usable text (``text`` is None then).
+
+    ``closed`` says whether the section ended at ``[End]`` or at the next marker rather than at the end of the
+    reply (a reply cut off by the token limit leaves its last section open); ``gate`` names the quality gate
+    that refused the section, if one did.
+    """
 
     text: str | None
     reason: str | None = None
+    closed: bool = True
+    gate: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -174,8 +186,9 @@ def _marker_regex() -> re.Pattern[str]:
 
 
 _MARKER_RE = _marker_regex()
-# SPEC 2 names exactly three failures: an empty section, the prompt's own placeholder words, and N/A. Anything
-# else is the teacher's text, however short or odd ("None.", "[1, 2, 3]", '{"a": 1}' are real answers).
+# The parser refuses exactly three things: an empty section, the prompt's own placeholder words, and N/A.
+# Anything else is the teacher's text, however short or odd ("None.", "[1, 2, 3]", '{"a": 1}' are real
+# answers), and goes on to the quality gates (gates.py).
 _NA = "n/a"
 # One pair of brackets around the whole section: a model that echoes "<the answer goes here>" still echoes it.
 _WRAPPED_RE = re.compile(r"^(?:<(.*)>|\[(.*)\]|\{(.*)\}|\((.*)\))$", re.S)
@@ -209,26 +222,35 @@ def _clean(text: str) -> str:
     return text.strip()
 
 
-def parse_sections(reply: str, marker: str, placeholders: tuple[str, ...] = ()) -> Section:
-    """The text of ``marker``'s section in a teacher reply (SPEC 2 parsing rules).
+def parse_sections(
+    reply: str,
+    marker: str,
+    placeholders: tuple[str, ...] = (),
+    judge: Callable[[str, bool], Verdict] | None = None,
+) -> Section:
+    """The text of ``marker``'s section in a teacher reply (parsing rules: docs/method.md).
 
     A section starts at ``[Marker]`` or a bare ``Marker:`` line and ends at ``[End]``, at the next marker, or
     at the end of the text. When the marker occurs several times (a model that echoes the layout, or rewrites
-    its draft) the first usable section wins. Exactly three things are failures, and the reason says which:
-    an empty section, ``N/A``, and a section that is the prompt's own placeholder words (``placeholders``, as
-    the prompt puts them between the marker and ``[End]``, possibly wrapped in one pair of brackets).
+    its draft) the first usable section wins. The parser itself refuses three things, and the reason says
+    which: an empty section, ``N/A``, and a section that is the prompt's own placeholder words
+    (``placeholders``, as the prompt puts them between the marker and ``[End]``, possibly wrapped in one pair
+    of brackets). ``judge`` (the quality gates, see ``teacher/gates.py``) gets each remaining candidate's text
+    and whether it was closed, and may refuse it too; its reason then starts with the gate's name in brackets.
     """
     matches = list(_MARKER_RE.finditer(reply))
     wanted = [i for i, m in enumerate(matches) if _canonical(m.group("b") or m.group("n")) == marker]
     if not wanted:
         return Section(None, f"no [{marker}] section in the reply")
     reasons: list[str] = []
+    gates: list[str | None] = []
     normalized_placeholders = {_normalize(p) for p in placeholders}
     for i in wanted:
         start = matches[i].end()
         end = matches[i + 1].start() if i + 1 < len(matches) else len(reply)
         text = _clean(reply[start:end])
         norm = _normalize(text)
+        closed = i + 1 < len(matches)
         if not norm:  # nothing, or only layout (quotes, emphasis, dots) around nothing
             reasons.append(f"the [{marker}] section is empty")
         elif norm == _NA:
@@ -236,5 +258,11 @@ def parse_sections(reply: str, marker: str, placeholders: tuple[str, ...] = ()) 
         elif norm in normalized_placeholders or _unwrapped(norm) in normalized_placeholders:
             reasons.append(f"the [{marker}] section still holds the prompt's placeholder ({text[:60]!r})")
         else:
-            return Section(text)
-    return Section(None, reasons[0] if len(set(reasons)) == 1 else "; ".join(dict.fromkeys(reasons)))
+            verdict = judge(text, closed) if judge is not None else None
+            if verdict is None or verdict.ok:
+                return Section(text, closed=closed)
+            gates.append(verdict.gate)
+            reasons.append(verdict.describe())
+    reason = reasons[0] if len(set(reasons)) == 1 else "; ".join(dict.fromkeys(reasons))
+    # Named by a gate only when every candidate was refused by one (else the parser's reason comes first).
+    return Section(None, reason, gate=gates[0] if len(gates) == len(reasons) else None)

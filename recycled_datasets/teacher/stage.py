@@ -5,11 +5,12 @@ Per source row, three teacher calls: instruction reflection of ``ori`` -> ``ins`
 ``ins`` fell back to the original, ``both`` reflects the original pair instead (the very request ``res``
 sends, so it is asked once) and its detail says so.
 
-A reply whose sections cannot be used is asked once more, sampled (``retry_temperature``, seed + 1) because
-a greedy retry would return the same text; if that fails too, the variant falls back to the original field
-and the detail records which field and why. A request the server refuses (422) marks the variant failed.
-Every answer is looked up in the store before it is asked for and committed there as it arrives, so the
-stage can be killed at any point and rerun.
+A reply whose sections cannot be used (unparsable, or refused by a quality gate: ``gates.py``) is asked once
+more, sampled (``retry_temperature``, seed + 1) because a greedy retry would return the same text; if that
+fails too, the variant falls back to the original field and the detail records which field and why, each
+reason tagged with its name in brackets (``[cut_off]``, ``[unparsed]``, ...). A request the server refuses
+(422) marks the variant failed. Every answer is looked up in the store before it is asked for and committed
+there as it arrives, so the stage can be killed at any point and rerun.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from recycled_datasets.teacher.client import (
     RetryPolicy,
     split_urls,
 )
+from recycled_datasets.teacher.gates import NOT_ASKED, UNPARSED, GateConfig, Scaffold, judge_section, reason_counts
 from recycled_datasets.teacher.local import LocalTeacher, local_model_key
 from recycled_datasets.teacher.prompts import (
     BETTER_ANSWER,
@@ -96,6 +98,10 @@ class ReflectConfig:
         durable: fsync every committed answer (survives power loss, not only a killed process).
         retry_rejected: resend requests the server refused before (after raising its limits).
         progress: show a progress bar (still off when not on a terminal or with ``--quiet``).
+        gates: the quality gates every parsed section must pass (``teacher/gates.py``).
+        store_only: re-judge from the answer store and never call the teacher (the local model's weights are
+            not even loaded); a request not in the store makes its variant fall back with the reason
+            ``not_asked``. Builds use it when only the gates changed.
     """
 
     teacher: str = "local"
@@ -121,6 +127,8 @@ class ReflectConfig:
     durable: bool = True
     retry_rejected: bool = False
     progress: bool = True
+    gates: GateConfig = field(default_factory=GateConfig)
+    store_only: bool = False
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir)
@@ -161,11 +169,14 @@ class ReflectStats:
     retries: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
     parse_retries: int = 0
+    # Failed attempts per reason (a gate's name, ``unparsed``, ``not_asked``), retries that succeeded included.
+    rejections: dict[str, int] = field(default_factory=dict)
     fallbacks: int = 0  # variants that fell back to an original field
     failures: int = 0  # variants whose request was refused
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    setup_seconds: float = 0.0  # of ``seconds``: connecting to the servers, or loading the local model
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,23 +232,71 @@ def _sampling(config: ReflectConfig, attempt: int) -> tuple[float, int]:
     return config.temperature or config.retry_temperature, config.seed + attempt
 
 
-def parse_instruction_reply(prompts: PromptSet, text: str) -> tuple[dict[str, str] | None, str | None]:
+@dataclass(frozen=True)
+class Judge:
+    """What the quality gates compare a reply with: the gate settings, the prompts' scaffold, the finish reason."""
+
+    gates: GateConfig = field(default_factory=GateConfig)
+    scaffold: Scaffold = field(default_factory=Scaffold)
+    finish_reason: str | None = None
+
+    def __call__(self, marker: str, *, instruction: str | None = None, original: str | None = None) -> Any:
+        def judge(text: str, closed: bool) -> Any:
+            return judge_section(
+                text,
+                marker=marker,
+                finish_reason=self.finish_reason,
+                closed=closed,
+                scaffold=self.scaffold,
+                config=self.gates,
+                instruction=instruction,
+                original=original,
+            )
+
+        return judge
+
+
+def _why(section: Any) -> str:
+    # Every failure reason starts with its name in brackets, so runs and cards can count them.
+    return section.reason if section.gate is not None else f"[{UNPARSED}] {section.reason}"
+
+
+def parse_instruction_reply(
+    prompts: PromptSet, text: str, *, original: str = "", judge: Judge | None = None
+) -> tuple[dict[str, str] | None, str | None]:
     """The new instruction and its answer from an instruction-reflection reply, or why there are none.
 
+    ``original`` is the instruction being reflected (without its input), which the new one must not echo.
     The run and the dry run (:func:`plan_rows`) both parse with this, so they agree on which replies count.
     """
+    judge = judge or Judge(scaffold=prompts.scaffold())
     ph = prompts.placeholders
-    instruction = parse_sections(text, NEW_INSTRUCTION, ph.get(NEW_INSTRUCTION, ()))
-    answer = parse_sections(text, NEW_ANSWER, ph.get(NEW_ANSWER, ()))
-    if instruction.ok and answer.ok:
-        return {"instruction": instruction.text or "", "output": answer.text or ""}, None
-    return None, "; ".join(r for r in (instruction.reason, answer.reason) if r)
+    instruction = parse_sections(
+        text, NEW_INSTRUCTION, ph.get(NEW_INSTRUCTION, ()), judge(NEW_INSTRUCTION, original=original)
+    )
+    if not instruction.ok:
+        return None, _why(instruction)
+    answer = parse_sections(text, NEW_ANSWER, ph.get(NEW_ANSWER, ()), judge(NEW_ANSWER, instruction=instruction.text))
+    if not answer.ok:
+        return None, _why(answer)
+    return {"instruction": instruction.text or "", "output": answer.text or ""}, None
 
 
-def parse_response_reply(prompts: PromptSet, text: str) -> tuple[dict[str, str] | None, str | None]:
-    """The better answer from a response-reflection reply, or why there is none."""
-    answer = parse_sections(text, BETTER_ANSWER, prompts.placeholders.get(BETTER_ANSWER, ()))
-    return ({"output": answer.text or ""}, None) if answer.ok else (None, answer.reason)
+def parse_response_reply(
+    prompts: PromptSet, text: str, *, instruction: str = "", original: str = "", judge: Judge | None = None
+) -> tuple[dict[str, str] | None, str | None]:
+    """The better answer from a response-reflection reply, or why there is none.
+
+    ``instruction`` is what the answer answers (without its input) and ``original`` the answer it improves on.
+    """
+    judge = judge or Judge(scaffold=prompts.scaffold())
+    answer = parse_sections(
+        text,
+        BETTER_ANSWER,
+        prompts.placeholders.get(BETTER_ANSWER, ()),
+        judge(BETTER_ANSWER, instruction=instruction, original=original),
+    )
+    return ({"output": answer.text or ""}, None) if answer.ok else (None, _why(answer))
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +402,7 @@ class _Run:
         self.calls = CallStats()
         self.stats = ReflectStats()
         self.meter = meter
+        self.scaffold = prompts.scaffold()
         self._inflight: dict[str, asyncio.Future[tuple[str, str | None]]] = {}
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="answer-store")
 
@@ -400,6 +460,8 @@ class _Run:
             if stored.status == ANSWER_REJECTED:
                 raise Rejected(stored.error or "refused by the teacher")
             return stored.text or "", stored.finish_reason
+        if self.config.store_only:
+            raise _NotStored()
         record = {"teacher": self.teacher.cache_id, "prompt_version": self.prompts.version, "request": payload}
         try:
             reply = await self.teacher.complete(payload, self.calls)
@@ -419,9 +481,9 @@ class _Run:
         return reply.text, reply.finish_reason
 
     async def reflect(
-        self, render: Callable[[], str], parse: Callable[[str], tuple[dict[str, str] | None, str | None]]
+        self, render: Callable[[], str], parse: Callable[[str, Judge], tuple[dict[str, str] | None, str | None]]
     ) -> _Outcome:
-        """Ask, parse, ask once more if unusable, else report the fallback with both reasons."""
+        """Ask, parse and judge, ask once more if unusable, else report the fallback with both reasons."""
         reasons = []
         prompt = render()
         for attempt in range(2):
@@ -430,32 +492,35 @@ class _Run:
             except Rejected as e:
                 prior = f" (after {reasons[0]})" if reasons else ""
                 return _Outcome(rejected=f"{e.reason}{prior}")
-            fields, why = parse(text)
+            except _NotStored:
+                why = f"[{NOT_ASKED}] not in the answer store, and this run re-judges stored answers only"
+                reasons.append(f"attempt {attempt + 1}: {why}")
+                _count(self.stats.rejections, why)
+                break
+            fields, why = parse(text, Judge(self.config.gates, self.scaffold, finish))
             if fields is not None:
                 return _Outcome(fields=fields)
-            cut = " (the reply ran out of tokens)" if finish == "length" else ""
+            _count(self.stats.rejections, why)
+            cut = " (the reply ran out of tokens)" if finish == "length" and "[cut_off]" not in (why or "") else ""
             reasons.append(f"attempt {attempt + 1}: {why}{cut}")
             if attempt == 0:
                 self.stats.parse_retries += 1
                 self.meter.one_more()
         return _Outcome(fallback="; ".join(reasons))
 
-    def parse_instruction(self, text: str) -> tuple[dict[str, str] | None, str | None]:
-        return parse_instruction_reply(self.prompts, text)
-
-    def parse_response(self, text: str) -> tuple[dict[str, str] | None, str | None]:
-        return parse_response_reply(self.prompts, text)
-
     async def row(self, row: SourceRow) -> dict[str, Any]:
         async def response_reflection(instruction: str, input: str, output: str) -> _Outcome:
             return await self.reflect(
-                lambda: self.prompts.render_response(instruction, input, output, row.context), self.parse_response
+                lambda: self.prompts.render_response(instruction, input, output, row.context),
+                lambda text, judge: parse_response_reply(
+                    self.prompts, text, instruction=instruction, original=output, judge=judge
+                ),
             )
 
         async def ins_then_both() -> tuple[_Outcome, _Outcome]:
             ins = await self.reflect(
                 lambda: self.prompts.render_instruction(row.instruction, row.input, row.output, row.context),
-                self.parse_instruction,
+                lambda text, judge: parse_instruction_reply(self.prompts, text, original=row.instruction, judge=judge),
             )
             if ins.fields is not None:
                 both = await response_reflection(ins.fields["instruction"], "", ins.fields["output"])
@@ -544,6 +609,15 @@ class _Run:
         return original, STATUS_FELL_BACK, f"{name} fell back to the original: {outcome.fallback}"
 
 
+class _NotStored(Exception):
+    """A store-only run met a request that is not in the store."""
+
+
+def _count(counts: dict[str, int], why: str | None) -> None:
+    for reason in reason_counts([why]):
+        counts[reason] = counts.get(reason, 0) + 1
+
+
 def _consume(future: asyncio.Future[Any]) -> None:
     # The first caller re-raises the error itself; twins waiting on the future get it too. Reading it here
     # keeps asyncio from reporting it a second time as "never retrieved" when no twin was waiting.
@@ -582,7 +656,9 @@ async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) 
         try:
             # Inside the try: a server that never gets healthy or refuses the token must not leave the
             # connection pools that start() opened behind.
-            await _start(config, teacher, store=store)
+            started = time.monotonic()
+            await _start(config, teacher, generate=not config.store_only, store=store)
+            run.stats.setup_seconds = round(time.monotonic() - started, 3)
             # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
             rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
 
@@ -682,21 +758,32 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
                 store = None
             try:
                 counts = _PlanCounts()
+                scaffold = prompts.scaffold()
+
+                def judged(parse: Callable[..., Any], **context: str) -> Callable[[str, str | None], Any]:
+                    def run(text: str, finish: str | None) -> Any:
+                        return parse(prompts, text, judge=Judge(config.gates, scaffold, finish), **context)
+
+                    return run
+
                 for row in rows:
                     res_prompt = prompts.render_response(row.instruction, row.input, row.output, row.context)
                     ins_prompt = prompts.render_instruction(row.instruction, row.input, row.output, row.context)
-                    known, ins = _plan_variant(
-                        store, teacher, prompts, config, ins_prompt, parse_instruction_reply, counts
-                    )
-                    _plan_variant(store, teacher, prompts, config, res_prompt, parse_response_reply, counts)
+                    res_parse = judged(parse_response_reply, instruction=row.instruction, original=row.output)
+                    ins_parse = judged(parse_instruction_reply, original=row.instruction)
+                    known, ins = _plan_variant(store, teacher, prompts, config, ins_prompt, ins_parse, counts)
+                    _plan_variant(store, teacher, prompts, config, res_prompt, res_parse, counts)
                     if not known:  # ins is still to be asked: both will reflect its answer, one more call
                         counts.calls += 1
                         counts.prompt_chars += len(res_prompt)
                         continue
-                    both_prompt = res_prompt
+                    both_prompt, both_parse = res_prompt, res_parse
                     if ins is not None:
                         both_prompt = prompts.render_response(ins["instruction"], "", ins["output"], row.context)
-                    _plan_variant(store, teacher, prompts, config, both_prompt, parse_response_reply, counts)
+                        both_parse = judged(
+                            parse_response_reply, instruction=ins["instruction"], original=ins["output"]
+                        )
+                    _plan_variant(store, teacher, prompts, config, both_prompt, both_parse, counts)
             finally:
                 if store is not None:
                     store.close()
@@ -730,7 +817,7 @@ def _plan_variant(
     prompts: PromptSet,
     config: ReflectConfig,
     prompt: str,
-    parse: Callable[[PromptSet, str], tuple[dict[str, str] | None, str | None]],
+    parse: Callable[[str, str | None], tuple[dict[str, str] | None, str | None]],
     counts: _PlanCounts,
 ) -> tuple[bool, dict[str, str] | None]:
     """Count one variant's requests as :meth:`_Run.reflect` would make them.
@@ -757,7 +844,7 @@ def _plan_variant(
         counts.cached += 1
         if hit.status == ANSWER_REJECTED or hit.text is None:
             return True, None
-        fields, _ = parse(prompts, hit.text)
+        fields, _ = parse(hit.text, hit.finish_reason)
         if fields is not None:
             return True, fields
     return True, None
