@@ -1,4 +1,4 @@
-"""Read source rows (SPEC 1) from any of the forms users have, into :class:`SourceRow` with stable ids.
+"""Read source rows from any of the forms users have, into :class:`SourceRow` with stable ids (docs/method.md, 1).
 
 Forms: Alpaca JSON (instruction/input/output), WizardLM 70k JSON (instruction/output), chat rows (``messages``
 of role/content or ShareGPT ``conversations`` of from/value, see ``chat.py``), as JSON, JSONL or parquet; a
