@@ -106,6 +106,12 @@ class GenerateConfig:
                 raise ConfigError(f"unknown --api {self.api!r}: choose {' or '.join(APIS)}")
             if self.template is None and self.model is not None and Path(self.model).is_dir():
                 self.template = checkpoint_template(Path(self.model))  # the served checkpoint's own format
+            if self.api == "generate" and self.template in (None, "chat"):
+                raise ConfigError(
+                    "--api generate sends the exact prompt text: give --template (alpaca, vicuna, wizardlm or none) "
+                    "or the checkpoint folder that names it; for the model's chat template use a /v1 server and "
+                    "--api chat"
+                )
             if self.api == "chat" and self.template not in (None, "chat"):
                 raise ConfigError(
                     f"template {self.template} needs the exact prompt text: serve the model with TGI and use "
