@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import InputError
 from recycled_datasets.records import CONTEXT_COLUMN, REFLECTION_COLUMNS, Turn
+from recycled_datasets.templates import instruction_target
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -164,9 +165,8 @@ def contexts_of(frame: Any) -> list[tuple[Turn, ...]]:
 
 
 # ---- rows as turns again ----------------------------------------------------------------------------------
-def user_turn(instruction: str, input: str = "") -> str:
-    """The user turn of an (instruction, input) pair: the input follows the instruction after a newline."""
-    return f"{instruction}\n{input}" if input else instruction
+# The user turn of an (instruction, input) pair is the text the templates show and r-IFD scores as ``x'``.
+user_turn = instruction_target
 
 
 def turns_of(instruction: str, input: str, output: str, context: Sequence[Turn] = ()) -> list[dict[str, str]]:

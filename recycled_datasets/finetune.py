@@ -1,4 +1,6 @@
-"""Fine-tune a student on its subset with TRL's ``SFTTrainer`` (SPEC 5), and describe the checkpoint.
+"""Fine-tune a student on its subset with TRL's ``SFTTrainer``, and describe the checkpoint.
+
+The defaults are the paper's recipe (docs/method.md, section 5).
 
 The training text must be exactly what the student was scored on, or the subset was selected for a different
 model than the one we train. So the prompt is ``render_prompt`` with the student's template, and the token ids
@@ -45,7 +47,7 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 @dataclass
 class FinetuneConfig:
-    """Settings of one fine-tuning run. Defaults are the paper's recipe (SPEC 5); the CLI fills these fields."""
+    """Settings of one fine-tuning run: the paper's recipe by default (docs/method.md, 5); the CLI fills them."""
 
     dataset: str = field(
         metadata={"help": "The released dataset: a Hub id (org/name) or a local folder in Hub layout."}

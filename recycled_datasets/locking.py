@@ -50,6 +50,8 @@ def _describe(path: Path) -> str:
             found = json.loads(path.read_text(encoding="utf-8") or "{}")
         except (OSError, json.JSONDecodeError):
             found = {}
+        if not isinstance(found, dict):  # not what a holder writes: no one to name
+            found = {}
         pid = found.get("pid")
         if isinstance(pid, int) and _alive(pid):
             return f"pid {pid} ({found.get('command', '?')}, since {found.get('since', '?')})"

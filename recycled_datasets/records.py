@@ -1,7 +1,7 @@
 """The typed records that flow between stages, and the column contracts of the files between them.
 
-A source row becomes four *variants* (SPEC 1): ``ori`` (the source), ``ins`` (instruction reflection),
-``res`` (response reflection of ``ori``) and ``both`` (response reflection of ``ins``).
+A source row becomes four *variants* (docs/method.md, section 1): ``ori`` (the source), ``ins`` (instruction
+reflection), ``res`` (response reflection of ``ori``) and ``both`` (response reflection of ``ins``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Read source rows (SPEC 1) from any of the forms users have, into :class:`SourceRow` with stable ids.
+"""Read source rows from any of the forms users have, into :class:`SourceRow` with stable ids (docs/method.md, 1).
 
 Forms: Alpaca JSON (instruction/input/output), WizardLM 70k JSON (instruction/output), chat rows (``messages``
 of role/content or ShareGPT ``conversations`` of from/value, see ``chat.py``), as JSON, JSONL or parquet; a
@@ -46,10 +46,16 @@ class SourceData:
     invalid: list[InvalidRow] = field(default_factory=list)
 
 
+def _looks_like_jsonl(text: str) -> bool:
+    return text.lstrip()[:1] == "{" and "\n{" in text.strip()
+
+
 def _records_from_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
+        if _looks_like_jsonl(text):
+            return _records_from_jsonl(path, text)  # JSON lines in a file named .json
         truncated = " (the file looks truncated)" if text.rstrip()[-1:] not in ("]", "}") else ""
         raise InputError(
             f"not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}{truncated}; "
@@ -176,6 +182,32 @@ def looks_like_hub_id(name: str) -> bool:
     return _hub_form(name) and not _offline()
 
 
+def read_file_records(path: Path) -> Iterable[tuple[int, Any]]:
+    """(row number, object) of every row of a JSON, JSONL or parquet file, in order.
+
+    The type comes from the suffix, else from the text (JSON lines, or a JSON list); an empty, whitespace-only,
+    non-UTF-8 or unreadable file raises :class:`InputError` naming it (and the row, for a bad JSON line).
+    """
+    path = Path(path)
+    name = str(path)
+    if path.stat().st_size == 0:
+        raise InputError("the file is empty; expected rows", path=name)
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix == ".parquet":
+        return _records_from_parquet(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"is not UTF-8 text ({e.reason} at byte {e.start})", path=name) from e
+    if not text.strip():
+        raise InputError("the file holds only whitespace; expected rows", path=name)
+    if suffix == ".jsonl" or (suffix != ".json" and _looks_like_jsonl(text)):
+        return _records_from_jsonl(path, text)
+    if suffix in (".json", "") or text.lstrip()[:1] in "[{":
+        return _records_from_json(path, text)
+    raise InputError("unknown file type; use .json, .jsonl or .parquet", path=name)
+
+
 def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | None = None) -> SourceData:
     """Read every row of ``source`` (see the module doc for the forms) in order.
 
@@ -186,24 +218,7 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
     path = Path(source)
     name = str(source)
     if path.is_file():
-        if path.stat().st_size == 0:
-            raise InputError("the file is empty; expected rows with instruction/input/output", path=name)
-        suffix = "".join(path.suffixes[-1:]).lower()
-        if suffix == ".parquet":
-            records = _records_from_parquet(path)
-        else:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"is not UTF-8 text ({e.reason} at byte {e.start})", path=name) from e
-            if not text.strip():
-                raise InputError("the file holds only whitespace; expected rows", path=name)
-            if suffix == ".jsonl" or (suffix != ".json" and text.lstrip()[:1] == "{" and "\n{" in text.strip()):
-                records = _records_from_jsonl(path, text)
-            elif suffix in (".json", "") or text.lstrip()[:1] in "[{":
-                records = _records_from_json(path, text)
-            else:
-                raise InputError("unknown file type; use .json, .jsonl or .parquet", path=name)
+        records = read_file_records(path)
     elif path.is_dir() or Path(split_of(name)[0]).is_dir() or looks_like_hub_id(name):
         records = _records_from_datasets(name)  # a local datasets folder (with or without :SPLIT), or a Hub id
     else:

@@ -55,8 +55,11 @@ def _commit(tmp: Path, path: Path, digest: bool) -> Path:
         if digest:
             sidecar = digest_path(path)
             side_tmp = _temp_name(sidecar)
-            side_tmp.write_text(_sha256(tmp) + "\n", encoding="ascii")
-            os.replace(side_tmp, sidecar)
+            try:
+                side_tmp.write_text(_sha256(tmp) + "\n", encoding="ascii")
+                os.replace(side_tmp, sidecar)
+            finally:
+                side_tmp.unlink(missing_ok=True)  # gone after the rename; left only by a failed write
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Student prompt formats (SPEC 3). The strings are format constants and must stay byte-exact.
+"""Student prompt formats (docs/method.md, section 3). The strings are format constants: keep them byte-exact.
 
 ``render_prompt`` builds the prompt part ``T(x, i)`` whose continuation the student scores;
 ``reverse_request`` wraps a response in the guess-the-instruction request used by r-IFD.

@@ -134,3 +134,19 @@ def test_push_eval_links_the_evaluation_in_that_students_dataset_card_section(tm
     with pytest.raises(SystemExit) as exit_info:
         main(["push", "--repo", "org/x", "--workdir", str(work), "--to-dir", str(tmp_path / "o"), "--eval", "nokey"])
     assert exit_info.value.code == 2 and "KEY=DIR" in capsys.readouterr().err
+
+
+def test_results_without_a_pair_count_are_refused_not_shown_as_blank(eval_dir):
+    from recycled_datasets.errors import InputError
+    from recycled_datasets.evaluation.card import release_evaluation
+
+    assert release_evaluation(eval_dir)["all"]["pairs"] == 5
+    path = eval_dir / RESULTS_FILE
+    results = json.loads(path.read_text())
+    del results["test_sets"]["koala"]["pairs"]
+    path.write_text(json.dumps(results))
+    with pytest.raises(InputError, match="'koala' lacks pairs"):
+        release_evaluation(eval_dir)
+    path.write_text("[]")
+    with pytest.raises(InputError, match="expected a JSON object"):
+        release_evaluation(eval_dir)

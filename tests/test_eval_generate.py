@@ -111,6 +111,11 @@ def test_bad_generate_input_is_a_one_line_error(tmp_path, capsys):
         ["generate", "--server", "http://127.0.0.1:9/v1", "--template", "alpaca", "--test-sets", str(good), *out],
     )
     assert "--api generate" in err
+    # TGI's route sends the exact prompt text, so it needs a plain template (the chat one needs the tokenizer).
+    server = ["generate", "--server", "http://127.0.0.1:9", "--api", "generate", "--test-sets", str(good), *out]
+    assert "give --template" in _error(capsys, server)
+    assert "give --template" in _error(capsys, [*server, "--template", "chat"])
+    assert not (tmp_path / "a.parquet").exists()
     assert "must end in .parquet" in _error(
         capsys, ["generate", "smollm2-135m", "--test-sets", str(good), "--output", str(tmp_path / "a.csv")]
     )

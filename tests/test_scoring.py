@@ -190,7 +190,7 @@ def test_score_frame_schema(student):
 
 
 def _hand_loss(model, ids, start, n):
-    """Mean NLL of ids[start:start+n] from the model's own labels path (written out per SPEC 3)."""
+    """Mean NLL of ids[start:start+n] from the model's own labels path (docs/method.md, section 3)."""
     import torch
 
     x = torch.tensor([ids])

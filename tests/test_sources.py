@@ -34,6 +34,12 @@ def test_alpaca_json_jsonl_parquet_and_reference_form_agree(tmp_path):
     assert first.id != second.id and len(first.id) == 16
 
 
+def test_json_lines_in_a_file_named_json_read_as_jsonl(tmp_path):
+    # Test sets and sources share one file reader: a .json file that holds one object per line is JSONL.
+    path = write(tmp_path, "lines.json", "\n".join(json.dumps(r) for r in ROWS) + "\n")
+    assert [r.output for r in read_source(path).rows] == ["7", "hello"]
+
+
 def test_wizardlm_form_has_no_input(tmp_path):
     path = write(tmp_path, "wiz.json", json.dumps([{"instruction": "Explain tides.", "output": "The moon pulls."}]))
     (row,) = read_source(path).rows

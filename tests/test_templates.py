@@ -1,4 +1,4 @@
-"""The prompt formats are constants of SPEC 3: byte-exact strings."""
+"""The prompt formats are constants (docs/method.md, section 3): byte-exact strings."""
 
 import pytest
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from recycled_datasets.cli.options import Quiet
+
+if TYPE_CHECKING:
+    from recycled_datasets.evaluation.report import Report
 
 Judge = Annotated[
     str,
@@ -40,7 +43,8 @@ BackoffBase = Annotated[
 ]
 
 
-def show(report, quiet: bool) -> None:  # noqa: ANN001 - a report.Report; typed loosely to keep imports lazy
+def show(report: Report, quiet: bool) -> None:
+    """The results table and where the files went (nothing with --quiet)."""
     from recycled_datasets.evaluation.report import results_table
     from recycled_datasets.progress import console
 

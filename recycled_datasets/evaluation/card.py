@@ -32,11 +32,13 @@ def read_results(path: Path) -> dict[str, Any]:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"unreadable JSON ({e})", path=str(path)) from e
+    if not isinstance(results, dict):
+        raise InputError("expected a JSON object (not written by `srecycle judge`?)", path=str(path))
     for key in ("a", "b", "judge", "test_sets", POOLED):
         if key not in results:
             raise InputError("missing (not written by `srecycle judge`?)", path=str(path), field=key)
     for name, stats in [*results["test_sets"].items(), (POOLED, results[POOLED])]:
-        missing = [k for k in _SET_KEYS if k not in stats]
+        missing = [k for k in (*_SET_KEYS, "pairs") if k not in stats] if isinstance(stats, dict) else ["every key"]
         if missing:
             raise InputError(f"test set {name!r} lacks {', '.join(missing)}", path=str(path))
     return results
@@ -117,6 +119,6 @@ def release_evaluation(folder: Path) -> dict[str, Any]:
         "a": results["a"],
         "b": results["b"],
         "judge": results["judge"],
-        "test_sets": {name: {k: s.get(k) for k in keep} for name, s in results["test_sets"].items()},
-        POOLED: {k: results[POOLED].get(k) for k in keep},
+        "test_sets": {name: {k: s[k] for k in keep} for name, s in results["test_sets"].items()},
+        POOLED: {k: results[POOLED][k] for k in keep},
     }

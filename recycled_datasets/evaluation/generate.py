@@ -106,6 +106,12 @@ class GenerateConfig:
                 raise ConfigError(f"unknown --api {self.api!r}: choose {' or '.join(APIS)}")
             if self.template is None and self.model is not None and Path(self.model).is_dir():
                 self.template = checkpoint_template(Path(self.model))  # the served checkpoint's own format
+            if self.api == "generate" and self.template in (None, "chat"):
+                raise ConfigError(
+                    "--api generate sends the exact prompt text: give --template (alpaca, vicuna, wizardlm or none) "
+                    "or the checkpoint folder that names it; for the model's chat template use a /v1 server and "
+                    "--api chat"
+                )
             if self.api == "chat" and self.template not in (None, "chat"):
                 raise ConfigError(
                     f"template {self.template} needs the exact prompt text: serve the model with TGI and use "
@@ -270,9 +276,8 @@ def _generate_local(config: GenerateConfig, questions: list[Question], store: An
                 f"{config.max_new_tokens} does not fit the model's {context}-token context; lower --max-new-tokens "
                 "or leave the question out"
             )
-    keys = [
-        request_key(local.cache_id, GENERATE_VERSION, {"ids": x, "max_new_tokens": config.max_new_tokens}) for x in ids
-    ]
+    requests = [{"ids": x, "max_new_tokens": config.max_new_tokens} for x in ids]
+    keys = [request_key(local.cache_id, GENERATE_VERSION, request) for request in requests]
     answers: list[tuple[str, int | None, str | None] | None] = [None] * len(questions)
     todo = []
     for i, key in enumerate(keys):
@@ -287,12 +292,11 @@ def _generate_local(config: GenerateConfig, questions: list[Question], store: An
     for start in range(0, len(todo), config.batch_size):
         chunk = todo[start : start + config.batch_size]
         for i, (text, n, finish) in zip(chunk, local.generate([ids[i] for i in chunk]), strict=True):
-            request = {"ids": ids[i], "max_new_tokens": config.max_new_tokens}
             store.put(
                 keys[i],
                 teacher=local.cache_id,
                 prompt_version=GENERATE_VERSION,
-                request=request,
+                request=requests[i],
                 status=ANSWER_OK,
                 text=text,
                 finish_reason=finish,

@@ -82,13 +82,19 @@ def parse_verdict(text: str) -> tuple[float, float] | None:
     return scores
 
 
+def preference(scores: tuple[float, float]) -> int:
+    """1 when the first of the two scores is higher, -1 when it is lower, 0 when they are equal."""
+    a, b = scores
+    return (a > b) - (a < b)
+
+
 def outcome(first: tuple[float, float], second: tuple[float, float]) -> str:
     """A's outcome from its two judgements, each given as (score of A, score of B) whatever the order shown.
 
     A wins when it scores higher in both orders, or higher in one and equal in the other; B wins in the
     mirror cases; anything else (equal twice, or one order each way) is a tie.
     """
-    signs = [(a > b) - (a < b) for a, b in (first, second)]
+    signs = [preference(first), preference(second)]
     if max(signs) == 1 and min(signs) >= 0:
         return WIN
     if min(signs) == -1 and max(signs) <= 0:

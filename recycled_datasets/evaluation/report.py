@@ -21,6 +21,7 @@ from recycled_datasets.evaluation.judge import (
     Pair,
     Pairing,
     adjusted_win_rate,
+    preference,
     win_score,
 )
 from recycled_datasets.store import arrow_schema, write_json, write_table
@@ -62,9 +63,8 @@ def summarize(pairs: Sequence[Pair]) -> dict[str, Any]:
         result = pair.outcome
         counts[result] += 1
         if result != INVALID:
-            a1, b1 = pair.first.scores  # type: ignore[union-attr]
             b2, a2 = pair.second.scores  # type: ignore[union-attr]
-            disagree += ((a1 > b1) - (a1 < b1)) != ((a2 > b2) - (a2 < b2))
+            disagree += preference(pair.first.scores) != preference((a2, b2))  # type: ignore[arg-type]
     judged = counts[WIN] + counts[TIE] + counts[LOSS]
     return {
         **counts,

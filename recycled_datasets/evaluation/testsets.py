@@ -8,7 +8,7 @@ its file: the stem without ``_test_set`` (``vicuna_test_set.jsonl`` -> ``vicuna`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,32 +41,15 @@ def set_name(path: Path) -> str:
 
 def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(row number, object) of every row of a JSON, JSONL or parquet file; unreadable files name themselves."""
-    from recycled_datasets.sources import _records_from_json, _records_from_jsonl, _records_from_parquet
+    from recycled_datasets.sources import read_file_records
 
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path=str(path))
-    if path.stat().st_size == 0:
-        raise InputError("the file is empty", path=str(path))
-    suffix = path.suffix.lower()
-    records: Iterable[tuple[int, Any]]
-    if suffix == ".parquet":
-        records = _records_from_parquet(path)
-    elif suffix in (".json", ".jsonl"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"is not UTF-8 text ({e.reason} at byte {e.start})", path=str(path)) from e
-        if not text.strip():
-            raise InputError("the file holds only whitespace", path=str(path))
-        looks_jsonl = text.lstrip()[:1] == "{" and "\n{" in text.strip()
-        records = (
-            _records_from_jsonl(path, text) if suffix == ".jsonl" or looks_jsonl else _records_from_json(path, text)
-        )
-    else:
+    if path.suffix.lower() not in SUFFIXES:
         raise InputError("unknown file type; use .json, .jsonl or .parquet", path=str(path))
     out = []
-    for row, record in records:
+    for row, record in read_file_records(path):
         if not isinstance(record, dict):
             raise InputError(f"expected an object, found {type(record).__name__}", path=str(path), row=row)
         out.append((row, record))

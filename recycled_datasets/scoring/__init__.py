@@ -1,4 +1,4 @@
-"""The student scorer: IFD and r-IFD for many pairs, exact and fast (SPEC 3).
+"""The student scorer: IFD and r-IFD for many pairs, exact and fast (docs/method.md, section 3).
 
 ``score_pairs`` plans the four sequences of every pair (deduplicated), scores the ones no checkpoint holds
 in length-sorted batches, and assembles one row per pair. Under ``torchrun``/``accelerate launch`` each
@@ -38,7 +38,7 @@ class ScoreConfig:
     """How a student scores pairs.
 
     Attributes:
-        template: prompt format (SPEC 3); ``None`` uses the student's own.
+        template: prompt format (docs/method.md, section 3); ``None`` uses the student's own.
         max_length: tokens per scored sequence, BOS included; longer ones are truncated on the right.
         dtype: ``bfloat16`` (default; the head and the loss in fp32) or ``float32`` (the reference's numbers).
         batch_tokens: padded tokens per forward pass; ``None`` picks 8192 on CPU and 65536 on GPU.

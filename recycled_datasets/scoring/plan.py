@@ -1,4 +1,4 @@
-"""Turn pairs into the token sequences a student scores (SPEC 3), deduplicated.
+"""Turn pairs into the token sequences a student scores (docs/method.md, section 3), deduplicated.
 
 Each pair needs four losses: the response given its prompt and alone, the instruction given the
 guess-the-instruction prompt and alone. Each is a *job*: a token sequence ``[start] + prefix + target``
@@ -55,7 +55,7 @@ def _job_key(ids: Sequence[int], start: int) -> str:
 
 
 def start_token(tokenizer: Any) -> int | None:
-    """BOS if the tokenizer has one, else EOS as a start-of-text token, else ``None`` (SPEC 3)."""
+    """BOS if the tokenizer has one, else EOS as a start-of-text token, else ``None`` (docs/method.md, section 3)."""
     for attr in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, attr, None)
         if value is not None:

@@ -1,4 +1,4 @@
-"""The teacher stage: source rows -> four variants per row (SPEC 1 and 2), resumable and crash-safe.
+"""The teacher stage: source rows -> four variants per row, resumable and crash-safe (docs/method.md, 1-2).
 
 Entry points: :func:`reflect_rows` (the stage), :func:`plan_rows` (what a run would send), and
 :func:`teacher_identity` (the teacher id and prompt version a run records). Modules: ``prompts`` (wording,
