@@ -9,6 +9,7 @@ from teacher_server import Faults, TeacherServer, realistic_reply
 
 from recycled_datasets.pipeline import ensure_reflections, reflections_path
 from recycled_datasets.records import STATUS_FELL_BACK, STATUS_OK, assign_ids
+from recycled_datasets.store import digest_path
 from recycled_datasets.teacher.gates import GateConfig
 
 ROWS = assign_ids(
@@ -81,6 +82,7 @@ def test_reflections_made_before_the_gates_are_left_as_they_are(tmp_path):
             if k in ("teacher", "teacher_revision", "prompt_version", "source", "rows", "license")
         }
         meta_path.write_text(json.dumps(legacy))
+        digest_path(meta_path).unlink()  # versions before the gates recorded no digests either
         before = statuses(workdir)
         outcome = ensure_reflections(ROWS, teacher=server.url, gates=GateConfig(max_repeats=4), **kwargs)
         assert outcome.rejudged == 0 and statuses(workdir) == before
