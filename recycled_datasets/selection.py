@@ -1,4 +1,6 @@
-"""Selection (SPEC 4): each student picks, per source row, the one variant it finds worth learning from.
+"""Selection: each student picks, per source row, the one variant it finds worth learning from.
+
+The rule is stated in docs/method.md, section 4.
 
 The rule works on a student's scores only (one row per (id, variant)), so re-selecting with another mode or
 top-k never needs the student or the teacher again::
@@ -195,7 +197,7 @@ def _quantiles(values: pl.Series) -> dict[str, float | None]:
 
 
 def select_rows(scores: pl.DataFrame, config: SelectionConfig | None = None) -> Selection:
-    """Apply SPEC 4 to one student's scores and report what happened to every row."""
+    """Apply the selection rule (docs/method.md, section 4) to one student's scores; report every row's fate."""
     import polars as pl
 
     config = config or SelectionConfig()

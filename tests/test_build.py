@@ -186,7 +186,7 @@ class TeacherCalls:
             (teacher_pkg, "teacher_identity"),
             (stage, "reflect_rows"),
             (stage, "teacher_identity"),
-            (stage, "_make_teacher"),
+            (stage, "make_teacher"),
             (client.HttpTeacher, "start"),
             (local.LocalTeacher, "__init__"),
         ):

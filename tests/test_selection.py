@@ -1,4 +1,4 @@
-"""The selection rule of SPEC 4 against expectations worked out by hand on small score tables."""
+"""The selection rule (docs/method.md, section 4) against expectations worked out by hand on small score tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Teacher prompts and the reply parser (SPEC 2), on replies shaped like what real teachers write."""
+"""Teacher prompts and the reply parser (docs/method.md, section 2), on replies shaped like real teachers'."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_unusable_sections_fail_with_their_reason(reply, why):
 
 @pytest.mark.parametrize("answer", ["None.", "[1, 2, 3]", '{"a": 1}', "<br> tags break lines in HTML."])
 def test_short_or_bracketed_answers_are_real_answers(answer):
-    # Only an empty section, N/A and the prompt's own placeholder words are failures (SPEC 2).
+    # Only an empty section, N/A and the prompt's own placeholder words are failures (docs/method.md, section 2).
     assert parse(f"[Better Answer] {answer} [End]", BETTER_ANSWER) == (answer, None)
     assert parse(f"[New Instruction] Say it.\n[New Answer]\n{answer}\n[End]", NEW_ANSWER) == (answer, None)
 

@@ -315,7 +315,7 @@ def _generate_local(config: GenerateConfig, questions: list[Question], store: An
 async def _generate_server(config: GenerateConfig, questions: list[Question], store: AnswerStore, meter: Any):
     from recycled_datasets.teacher.client import HttpTeacher, Rejected, RetryPolicy, split_urls
     from recycled_datasets.teacher.prompts import load_prompts
-    from recycled_datasets.teacher.stage import ReflectConfig, _first_user_error, _Run
+    from recycled_datasets.teacher.stage import ReflectConfig, TeacherRun, first_user_error
     from recycled_datasets.templates import render_prompt
 
     assert config.server is not None
@@ -339,7 +339,7 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
         timeout=config.timeout,
         max_retries=config.max_retries,
     )
-    run = _Run(settings, teacher, store, load_prompts(version=GENERATE_VERSION), meter)
+    run = TeacherRun(settings, teacher, store, load_prompts(version=GENERATE_VERSION), meter)
     answers: list[tuple[str, int | None, str | None] | None] = [None] * len(questions)
     try:
         await teacher.start()
@@ -364,7 +364,7 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
             for i, q in enumerate(questions):
                 group.create_task(one(i, q))
     except BaseExceptionGroup as group_error:
-        raise _first_user_error(group_error) from group_error
+        raise first_user_error(group_error) from group_error
     finally:
         await teacher.close()
         run.close()
@@ -374,7 +374,7 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
 def generate_answers(config: GenerateConfig) -> GenerateResult:
     """Answer every question of the test sets with the model; see the module doc."""
     from recycled_datasets.progress import progress
-    from recycled_datasets.teacher.stage import _Meter
+    from recycled_datasets.teacher.stage import ProgressMeter
 
     started = time.monotonic()
     questions = read_questions(config.test_sets, limit=config.limit)
@@ -385,7 +385,7 @@ def generate_answers(config: GenerateConfig) -> GenerateResult:
         if config.server is None:
             answers, from_store, name, template = _generate_local(config, questions, store, bar)
         else:
-            meter = _Meter()
+            meter = ProgressMeter()
             if bar is not None:
                 meter.bar, meter.task = bar, bar.add_task("answers", total=len(questions))
             answers, from_store, name, template = asyncio.run(_generate_server(config, questions, store, meter))

@@ -302,18 +302,18 @@ async def _review(run: Any, pair: Pair, swapped: bool, stats: JudgeStats) -> Rev
 
 async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tuple[str, Any]:
     from recycled_datasets.teacher.prompts import load_prompts
-    from recycled_datasets.teacher.stage import _first_user_error, _make_teacher, _Run, _start
+    from recycled_datasets.teacher.stage import TeacherRun, first_user_error, make_teacher, start_teacher
     from recycled_datasets.teacher.store import AnswerStore
 
     teacher_config = config.reflect_config()
-    teacher = _make_teacher(teacher_config)
+    teacher = make_teacher(teacher_config)
     # The store keys each answer by the prompt version it was asked with: the judge's requests get their own.
     prompts = load_prompts(version=JUDGE_PROMPT_VERSION)
     stats = JudgeStats()
     with AnswerStore.open(teacher_config.store_dir) as store:
-        run = _Run(teacher_config, teacher, store, prompts, meter)
+        run = TeacherRun(teacher_config, teacher, store, prompts, meter)
         try:
-            await _start(teacher_config, teacher)
+            await start_teacher(teacher_config, teacher)
             in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
 
             async def one(pair: Pair, swapped: bool) -> None:
@@ -332,7 +332,7 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
                         await in_flight.acquire()
                         group.create_task(one(pair, swapped))
         except BaseExceptionGroup as group_error:
-            raise _first_user_error(group_error) from group_error
+            raise first_user_error(group_error) from group_error
         finally:
             await teacher.close()
             run.close()
@@ -346,9 +346,9 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
 def judge_pairs(pairs: list[Pair], config: JudgeConfig) -> JudgeRun:
     """Judge every pair in both orders (filling ``pair.first`` and ``pair.second``); see the module doc."""
     from recycled_datasets.progress import progress
-    from recycled_datasets.teacher.stage import _Meter
+    from recycled_datasets.teacher.stage import ProgressMeter
 
-    meter = _Meter()
+    meter = ProgressMeter()
     started = time.monotonic()
     with progress() if config.progress else contextlib.nullcontext() as bar:
         if bar is not None:

@@ -330,7 +330,9 @@ class HttpTeacher:
         sent starts them then (and stops if they now serve another model)."""
         self.teacher_id = str(handshake["teacher_id"])
         self.teacher_revision = str(handshake.get("teacher_revision") or "")
-        self.limits = ServerLimits(**handshake.get("limits", {}))
+        # A handshake remembered by another version may name fields this one lacks: keep the ones it knows.
+        known = {f.name for f in dataclasses.fields(ServerLimits)}
+        self.limits = ServerLimits(**{k: v for k, v in handshake.get("limits", {}).items() if k in known})
         self.window = int(handshake.get("window") or self.concurrency or DEFAULT_CONCURRENCY)
         self._remembered = dict(handshake)
 

@@ -1,4 +1,6 @@
-"""Teacher prompts (SPEC 2): the two reflection prompts, their version, and the parser of the teacher's reply.
+"""Teacher prompts: the two reflection prompts, their version, and the parser of the teacher's reply.
+
+The method behind them is in docs/method.md, section 2.
 
 The wording lives in text files (``recycled_datasets/prompts/*.txt``) so that users can swap in their own, for
 instance the paper's exact prompts. A prompt file is plain text with these placeholders:

@@ -1,4 +1,4 @@
-"""The reflect stage: source rows in, one row of four variants out per source row (SPEC 1 and 2).
+"""The reflect stage: source rows in, one row of four variants out per source row (docs/method.md, sections 1 and 2).
 
 Per source row, three teacher calls: instruction reflection of ``ori`` -> ``ins``, response reflection of
 ``ori`` -> ``res``, and response reflection of ``ins`` -> ``both``, sent as soon as ``ins`` is known. When
@@ -208,7 +208,7 @@ class ReflectPlan:
 
 
 @dataclass
-class _Meter:
+class ProgressMeter:
     """The progress bar of a run: calls done out of calls planned, requests/s sent and retries so far."""
 
     bar: Any = None  # rich.progress.Progress, or None without a display
@@ -308,7 +308,8 @@ class _Outcome:
     rejected: str | None = None
 
 
-def _make_teacher(config: ReflectConfig, *, health_timeout: float | None = None) -> HttpTeacher | LocalTeacher:
+def make_teacher(config: ReflectConfig, *, health_timeout: float | None = None) -> HttpTeacher | LocalTeacher:
+    """The teacher ``config`` names (servers or the in-process model), not yet started; the judge uses it too."""
     if is_local(config.teacher):
         return LocalTeacher(local_model_key(config.teacher), batch_size=config.concurrency)
     tokenizer = _load_tokenizer(config.tokenizer) if config.tokenizer else None
@@ -344,7 +345,7 @@ def _load_tokenizer(name: str) -> Any:
     return load_tokenizer(spec)
 
 
-async def _start(
+async def start_teacher(
     config: ReflectConfig,
     teacher: HttpTeacher | LocalTeacher,
     *,
@@ -374,7 +375,7 @@ def teacher_identity(config: ReflectConfig) -> tuple[str, str]:
         return LocalTeacher(local_model_key(config.teacher)).teacher_id, prompts.version
 
     async def ask() -> str:
-        teacher = _make_teacher(config)
+        teacher = make_teacher(config)
         try:
             await teacher.start()
         finally:
@@ -384,7 +385,7 @@ def teacher_identity(config: ReflectConfig) -> tuple[str, str]:
     return asyncio.run(ask()), prompts.version
 
 
-class _Run:
+class TeacherRun:
     """The state of one reflect run: teacher, store, prompts, counters, and requests in flight."""
 
     def __init__(
@@ -393,7 +394,7 @@ class _Run:
         teacher: HttpTeacher | LocalTeacher,
         store: AnswerStore,
         prompts: PromptSet,
-        meter: _Meter,
+        meter: ProgressMeter,
     ):
         self.config = config
         self.teacher = teacher
@@ -633,31 +634,34 @@ def _table(records: list[dict[str, Any]]) -> Any:
     return pl.DataFrame(records, schema=schema).select(REFLECTION_COLUMNS)
 
 
-def _first_user_error(group: BaseExceptionGroup) -> BaseException:
+def first_user_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to show from a task group's failures: the first the user can act on, else the first."""
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
-            return _first_user_error(error)
+            return first_user_error(error)
         if isinstance(error, RecycledError):
             return error
     return group.exceptions[0]
 
 
-async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) -> tuple[list[dict[str, Any]], _Run]:
+async def _run_all(
+    rows: list[SourceRow], config: ReflectConfig, meter: ProgressMeter
+) -> tuple[list[dict[str, Any]], TeacherRun]:
     prompts = load_prompts(config.instruction_prompt, config.response_prompt, config.prompt_version)
-    teacher = _make_teacher(config)
+    teacher = make_teacher(config)
     with AnswerStore.open(config.store_dir, durable=config.durable) as store:
         if config.retry_rejected:
             dropped = store.forget_rejected()
             if dropped:
                 logger.info("resending %d requests the teacher refused before", dropped)
-        run = _Run(config, teacher, store, prompts, meter)
+        run = TeacherRun(config, teacher, store, prompts, meter)
         records: list[dict[str, Any] | None] = [None] * len(rows)
 
         try:
             # Inside the try: a server that never gets healthy or refuses the token must not leave the
             # connection pools that start() opened behind.
             started = time.monotonic()
-            await _start(config, teacher, generate=not config.store_only, store=store)
+            await start_teacher(config, teacher, generate=not config.store_only, store=store)
             run.stats.setup_seconds = round(time.monotonic() - started, 3)
             # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
             rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
@@ -673,7 +677,7 @@ async def _run_all(rows: list[SourceRow], config: ReflectConfig, meter: _Meter) 
                     await rows_in_flight.acquire()
                     group.create_task(one(i, row))
         except BaseExceptionGroup as group_error:
-            raise _first_user_error(group_error) from group_error
+            raise first_user_error(group_error) from group_error
         finally:
             await teacher.close()
             run.close()  # waits for the last commit before the store closes
@@ -695,7 +699,7 @@ def reflect_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectResult:
     if not rows:
         raise ConfigError("no source rows to reflect")
     columns = (TextColumn("{task.fields[rate]} calls/s"), TextColumn("retries {task.fields[retries]}"))
-    meter = _Meter()
+    meter = ProgressMeter()
     with progress(*columns) if config.progress else contextlib.nullcontext() as bar:
         if bar is not None:
             meter.bar, meter.task = bar, bar.add_task("teacher calls", total=3 * len(rows), rate="-", retries=0)
@@ -740,14 +744,14 @@ def plan_rows(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan:
     budget = config.output_budget
 
     async def check() -> ReflectPlan:
-        teacher = _make_teacher(config, health_timeout=min(config.health_timeout, 10.0))
+        teacher = make_teacher(config, health_timeout=min(config.health_timeout, 10.0))
         try:
             checked = True
             store = None
             if (Path(config.store_dir) / STORE_FILE).is_file():
                 store = AnswerStore.open(config.store_dir, durable=False)
             try:
-                await _start(config, teacher, generate=False, store=store)
+                await start_teacher(config, teacher, generate=False, store=store)
             except RecycledError as e:
                 logger.warning("store not checked: %s", e)
                 checked = False
@@ -820,7 +824,7 @@ def _plan_variant(
     parse: Callable[[str, str | None], tuple[dict[str, str] | None, str | None]],
     counts: _PlanCounts,
 ) -> tuple[bool, dict[str, str] | None]:
-    """Count one variant's requests as :meth:`_Run.reflect` would make them.
+    """Count one variant's requests as :meth:`TeacherRun.reflect` would make them.
 
     Returns (outcome known from the store?, the parsed fields, or None when the variant fell back or failed).
     """
