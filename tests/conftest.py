@@ -36,3 +36,39 @@ def alpaca_path() -> Path:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_DATASETS_CACHE, ignore_errors=True)
+
+
+def tiny_llama(tokenizer, *, hidden_size: int = 64, layers: int = 2):  # noqa: ANN001, ANN201
+    """A random-weight Llama sized for tests, with ``tokenizer``'s vocabulary and special ids: real prompts and
+    token ids, a training or generation step in milliseconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    heads = hidden_size // 16
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved :func:`tiny_llama` with SmolLM2's real tokenizer beside it; tests read it and never write it."""
+    from recycled_datasets.models import load_tokenizer, resolve_student
+
+    tokenizer = load_tokenizer(resolve_student("smollm2-135m"))
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

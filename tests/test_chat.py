@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import tiny_llama
 from teacher_server import Faults, TeacherServer, realistic_reply
 
 from recycled_datasets.chat import context_from_json, user_turn
@@ -347,25 +348,6 @@ def test_scores_of_multi_turn_rows_condition_on_the_context(chat_build, tokenize
     assert (scores["status"] == "ok").all()
 
 
-def _tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
-
-
 def test_sft_trainer_trains_on_a_released_config_as_is_with_loss_on_the_last_assistant_turn(
     chat_build, tokenizer, tmp_path
 ):
@@ -374,7 +356,7 @@ def test_sft_trainer_trains_on_a_released_config_as_is_with_loss_on_the_last_ass
 
     workdir, _ = chat_build
     train = datasets.load_dataset(str(workdir / "dataset"), STUDENT, split="train")
-    model = _tiny_model(tokenizer)
+    model = tiny_llama(tokenizer, hidden_size=32, layers=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = SFTConfig(
         output_dir=str(tmp_path / "sft"),

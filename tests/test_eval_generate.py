@@ -159,32 +159,8 @@ def test_evaluate_answers_both_models_then_judges_and_a_rerun_asks_nothing(tmp_p
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random-weight Llama with SmolLM2's real tokenizer: real prompts and ids, a generate step in milliseconds."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from recycled_datasets.models import load_tokenizer, resolve_student
-
-    tokenizer = load_tokenizer(resolve_student("smollm2-135m"))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def tiny_model(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 def test_batched_left_padded_answers_equal_one_at_a_time(tmp_path, tiny_model):
