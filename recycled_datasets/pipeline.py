@@ -39,7 +39,7 @@ from recycled_datasets.selection import (
     select_rows,
     subset_frame,
 )
-from recycled_datasets.store import (
+from recycled_datasets.workdir.files import (
     arrow_schema,
     atomic_write_bytes,
     read_frame,

@@ -53,7 +53,7 @@ def read_manifest(folder: Path) -> list[str] | None:
 
 def write_manifest(folder: Path, files: Iterable[str]) -> None:
     """Record (last) the files the project wrote into ``folder``."""
-    from recycled_datasets.store import atomic_write_bytes
+    from recycled_datasets.workdir.files import atomic_write_bytes
 
     data = {"written_by": "srecycle", "files": sorted(files)}
     atomic_write_bytes(Path(folder) / MANIFEST_NAME, (json.dumps(data, indent=2) + "\n").encode("utf-8"), digest=False)

@@ -55,7 +55,7 @@ def finished_workdir(root: Path, *, empty: bool = False) -> Path:
     from recycled_datasets.models import resolve_student
     from recycled_datasets.pipeline import _pairs_digest, pairs_of, scores_schema, student_record, write_reflections
     from recycled_datasets.scoring import ScoreConfig
-    from recycled_datasets.store import write_json, write_parquet
+    from recycled_datasets.workdir.files import write_json, write_parquet
 
     make_workdir(root, students=(STUDENT,), rows=30, empty=(STUDENT,) if empty else ())
     meta = json.loads((root / "reflections.json").read_text())

@@ -69,7 +69,7 @@ def _score(data, spec, output: Path, max_length: int, batch_tokens: int | None, 
 
     from recycled_datasets.records import Pair
     from recycled_datasets.scoring import ScoreConfig, score_pairs
-    from recycled_datasets.store import write_parquet
+    from recycled_datasets.workdir.files import write_parquet
 
     parts = output.parent / f".{output.name}.parts"
     config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts)

@@ -25,7 +25,7 @@ from typing import Any
 
 from recycled_datasets.errors import ConfigError, InputError, TeacherError
 from recycled_datasets.evaluation.testsets import Question, read_questions
-from recycled_datasets.store import arrow_schema, write_json, write_table
+from recycled_datasets.workdir.files import arrow_schema, write_json, write_table
 from recycled_datasets.teacher.store import ANSWER_OK, AnswerStore, request_key
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from recycled_datasets.evaluation.judge import (
     preference,
     win_score,
 )
-from recycled_datasets.store import arrow_schema, write_json, write_table
+from recycled_datasets.workdir.files import arrow_schema, write_json, write_table
 
 RESULTS_FILE = "results.json"
 PAIRS_FILE = "pairs.parquet"

@@ -36,7 +36,7 @@ from recycled_datasets.chat import add_chat_columns, contexts_of
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
 from recycled_datasets.safety import check_replaceable, write_manifest
-from recycled_datasets.store import read_json, read_table, verify, write_table
+from recycled_datasets.workdir.files import read_json, read_table, verify, write_table
 
 logger = logging.getLogger(__name__)
 

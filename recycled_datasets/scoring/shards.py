@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from recycled_datasets.errors import StoreError
-from recycled_datasets.store import atomic_write_bytes, read_table, write_table
+from recycled_datasets.workdir.files import atomic_write_bytes, read_table, write_table
 
 _SHARD = re.compile(r"^rank(\d+)-(\d+)\.parquet$")
 

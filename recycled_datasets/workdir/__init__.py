@@ -1,0 +1,1 @@
+"""The workdir contract: its layout, one schema per table, the config-name rule, the one atomic writer."""
