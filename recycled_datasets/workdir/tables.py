@@ -1,0 +1,148 @@
+"""Reading and writing the workdir's stage tables: every reader and writer of a stage file goes through here.
+
+Writes are atomic and deterministic (:mod:`recycled_datasets.workdir.files`); reads check the file's digest
+and columns, so a damaged or foreign file is a one-line error naming it and the command that makes it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recycled_datasets.chat import reflection_columns
+from recycled_datasets.errors import StoreError
+from recycled_datasets.records import CONTEXT_COLUMN, REFLECTION_COLUMNS
+from recycled_datasets.workdir.files import (
+    atomic_write_bytes,
+    read_frame,
+    read_json,
+    read_table,
+    write_json,
+    write_table,
+)
+from recycled_datasets.workdir.layout import Workdir
+from recycled_datasets.workdir.schema import (
+    conform,
+    reflections_schema,
+    report_bytes,
+    scores_schema,
+    subset_schema,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+
+def _as(workdir: Workdir | Path | str) -> Workdir:
+    return workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
+
+
+def write_frame(frame: pl.DataFrame, path: Path, schema: pa.Schema, *, digest: bool = True) -> Path:
+    """Write ``frame`` as exactly the columns and types of ``schema``."""
+    return write_table(conform(frame.to_arrow(), schema), path, digest=digest)
+
+
+def checked(table: pa.Table, path: Path, columns: Sequence[str], regenerate: str) -> pa.Table:
+    """``table`` if it has ``columns``, else a :class:`StoreError` naming the file and what to run."""
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise StoreError(
+            f"{path} lacks the column(s) {', '.join(missing)}; it was not written by srecycle: rerun `{regenerate}`"
+        )
+    return table
+
+
+# ---- reflections --------------------------------------------------------------------------------------------
+def has_reflections(workdir: Workdir | Path) -> bool:
+    wd = _as(workdir)
+    return wd.reflections.is_file() and wd.reflections_meta.is_file()
+
+
+def read_reflections(workdir: Workdir | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The workdir's reflections table and its metadata, or a :class:`StoreError` saying what to run."""
+    wd = _as(workdir)
+    if not has_reflections(wd):
+        raise StoreError(
+            f"{wd.root} has no reflections yet: run srecycle build --source ... --teacher ... --workdir {wd.root} "
+            "(or srecycle import-reflections) first"
+        )
+    meta = read_json(wd.reflections_meta, wd.command_for(wd.reflections_meta))
+    frame = read_frame(wd.reflections, wd.command_for(wd.reflections))
+    checked(frame.to_arrow().slice(0, 0), wd.reflections, REFLECTION_COLUMNS, wd.command_for(wd.reflections))
+    return frame.select(reflection_columns(frame.columns)), meta
+
+
+def read_reflections_table(workdir: Workdir | Path) -> pa.Table:
+    """The wide reflections table as arrow (for the release views)."""
+    wd = _as(workdir)
+    table = read_table(wd.reflections, wd.command_for(wd.reflections))
+    return checked(table, wd.reflections, REFLECTION_COLUMNS, wd.command_for(wd.reflections))
+
+
+def read_reflections_meta(workdir: Workdir | Path) -> dict[str, Any]:
+    wd = _as(workdir)
+    return read_json(wd.reflections_meta, wd.command_for(wd.reflections_meta))
+
+
+def write_reflections(workdir: Workdir | Path, frame: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the reflections table and its metadata (table first: the metadata says the table is whole)."""
+    wd = _as(workdir)
+    write_frame(frame, wd.reflections, reflections_schema(context=CONTEXT_COLUMN in frame.columns))
+    write_json(wd.reflections_meta, dict(meta))
+    return dict(meta)
+
+
+# ---- scores -------------------------------------------------------------------------------------------------
+def read_scores(workdir: Workdir | Path, key: str) -> pl.DataFrame:
+    wd = _as(workdir)
+    files = wd.student(key)
+    return read_frame(files.scores, wd.command(files.scores.name, key))
+
+
+def read_scores_table(workdir: Workdir | Path, key: str) -> pa.Table:
+    wd = _as(workdir)
+    files = wd.student(key)
+    table = read_table(files.scores, wd.command(files.scores.name, key))
+    return checked(table, files.scores, scores_schema().names, wd.command(files.scores.name, key))
+
+
+def read_scores_meta(workdir: Workdir | Path, key: str) -> dict[str, Any] | None:
+    """scores.json of ``key``, or None when the student has no scores yet."""
+    wd = _as(workdir)
+    files = wd.student(key)
+    if not (files.scores.is_file() and files.scores_meta.is_file()):
+        return None
+    return read_json(files.scores_meta, wd.command(files.scores_meta.name, key))
+
+
+def write_scores(workdir: Workdir | Path, key: str, frame: pl.DataFrame, meta: Mapping[str, Any]) -> Path:
+    wd = _as(workdir)
+    files = wd.student(key)
+    write_frame(frame, files.scores, scores_schema())
+    write_json(files.scores_meta, dict(meta))
+    return files.scores
+
+
+# ---- subset and report --------------------------------------------------------------------------------------
+def write_subset(workdir: Workdir | Path, key: str, frame: pl.DataFrame, report: Mapping[str, Any]) -> Path:
+    """Write a student's subset and its selection report."""
+    wd = _as(workdir)
+    files = wd.student(key)
+    write_frame(frame, files.subset, subset_schema(context=CONTEXT_COLUMN in frame.columns))
+    atomic_write_bytes(files.report, report_bytes(report))
+    return files.subset
+
+
+def read_subset_table(workdir: Workdir | Path, key: str) -> pa.Table:
+    wd = _as(workdir)
+    files = wd.student(key)
+    table = read_table(files.subset, wd.command(files.subset.name, key))
+    return checked(table, files.subset, subset_schema().names, wd.command(files.subset.name, key))
+
+
+def read_report(workdir: Workdir | Path, key: str) -> dict[str, Any]:
+    wd = _as(workdir)
+    files = wd.student(key)
+    return read_json(files.report, wd.command(files.report.name, key))
