@@ -32,8 +32,8 @@ from typing import Any
 from recycled_datasets.chat import last_exchange_context
 from recycled_datasets.errors import ConfigError, HubError, InputError, ModelError
 from recycled_datasets.hub.model_card import FINETUNE_FILE
-from recycled_datasets.workdir.files import write_json
 from recycled_datasets.templates import render_prompt, validate_template
+from recycled_datasets.workdir.files import write_json
 
 logger = logging.getLogger(__name__)
 

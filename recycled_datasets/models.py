@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tomllib
 from dataclasses import dataclass, replace
 from importlib import metadata, resources
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import ConfigError, ModelError
+from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.templates import TEMPLATES
+from recycled_datasets.workdir.layout import check_config_name
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ DEFAULT_STUDENT = "smollm2-135m"
 STUDENTS_ENV = "SRECYCLE_STUDENTS"
 CACHE_ENV = "SRECYCLE_CACHE"
 DTYPES = ("bfloat16", "float32")
-_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +53,7 @@ class StudentSpec:
     base_model: str = ""
 
     def __post_init__(self) -> None:
-        if not _KEY.match(self.key):
-            raise ConfigError(
-                f"student key {self.key!r} is not a valid config name: use lowercase letters, digits, '.', '_', '-'"
-            )
+        check_config_name(self.key)
         if self.template not in TEMPLATES:
             raise ConfigError(
                 f"student {self.key}: unknown template {self.template!r} (one of {', '.join(TEMPLATES)})"
@@ -133,7 +130,7 @@ def resolve_student(
             )
         spec = StudentSpec(key=_key_from(student), model=str(Path(student).resolve()), template="chat")
     elif (
-        re.match(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$", student)
+        is_repo_id(student)
         and not Path(student).exists()
         and not Path(student.split("/")[0]).is_dir()  # models/x where ./models exists: a missing local folder
     ):
@@ -207,17 +204,13 @@ def _convert_gguf(folder: str, gguf_file: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():  # not another process's finished copy: a real failure
-            raise
+    from recycled_datasets.workdir.files import replace_dir
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    replace_dir(target, write, keep_existing=True)  # another process's finished copy is the same conversion
     return target
 
 

@@ -18,7 +18,6 @@ Applying the paper-mode filter after the < 1 filters makes its drop count the nu
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -84,7 +83,7 @@ class SelectionConfig:
 
 @dataclass(frozen=True, slots=True)
 class SelectionReport:
-    """What the rule did to one student's scores; ``to_json`` writes report.json (see COMMON workdir contract).
+    """What the rule did to one student's scores: the content of report.json (see docs/method.md, "The workdir").
 
     ``branches`` counts the final variant of every row (before any filter); ``drops`` counts every row that
     was not kept under one reason; ``quantiles`` describe IFD and r-IFD of the kept rows (null when none).
@@ -129,13 +128,9 @@ class SelectionReport:
         )
         return {k: d[k] for k in order}
 
-    def to_json(self) -> str:
-        """report.json text: fixed key order and indentation, so the same selection gives the same bytes."""
-        return json.dumps(self.as_dict(), indent=2, ensure_ascii=False) + "\n"
-
     @classmethod
-    def from_json(cls, text: str) -> SelectionReport:
-        d = json.loads(text)
+    def from_dict(cls, d: dict[str, Any]) -> SelectionReport:
+        """A report read back from report.json (keys it does not know, such as an evaluation, are left out)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 

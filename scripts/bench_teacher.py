@@ -74,7 +74,7 @@ def local_throughput(n_prompts: int, max_new_tokens: int, batch_sizes: list[int]
 
     import torch
 
-    from recycled_datasets.pipeline import load_source
+    from recycled_datasets.stages.source import load_source
     from recycled_datasets.teacher.local import LocalTeacher
 
     prompts = default_prompts()

@@ -68,12 +68,34 @@ def _selection(keep_unreflected: bool, top_k: int | None, top_p: float | None): 
     return SelectionConfig(mode="keep-unreflected" if keep_unreflected else "paper", top_k=top_k, top_p=top_p)
 
 
-def _print_selection(selection, workdir: Path, key: str) -> None:
+def _print_selection(report, workdir: Path, key: str) -> None:
     from recycled_datasets.selection import report_table
+    from recycled_datasets.workdir import Workdir as Files
 
     out = console()
-    out.print(report_table(selection.report))
-    out.print(f"subset: {workdir / 'students' / key / 'subset.parquet'} ({selection.report.rows_kept} rows)")
+    out.print(report_table(report))
+    out.print(f"subset: {Files(workdir).student(key).subset} ({report.rows_kept} rows)")
+
+
+def _teacher_rows(table, stats) -> None:
+    """The teacher's part of the build summary, from the reflect stage's stats."""
+    calls, rejudged = stats.detail.get("teacher_calls"), stats.detail.get("rejudge_calls")
+    table.add_row("reflections", f"{stats.made} new by {stats.detail['teacher']}, {stats.reused} reused")
+    if calls is not None:
+        table.add_row(
+            "teacher calls",
+            f"{calls.sent} sent, {calls.cached} from the store, {calls.fallbacks} fallbacks, "
+            f"{calls.failures} refused ({calls.seconds:.0f} s)",
+        )
+        refused = ", ".join(f"{r} {n}" for r, n in sorted(calls.rejections.items())) or "none"
+        table.add_row("replies refused, per reason (attempts)", refused)
+    elif rejudged is None:
+        table.add_row("teacher calls", "none (every row already had its reflections)")
+    if rejudged is not None:
+        table.add_row(
+            "re-judged (gates changed)",
+            f"{stats.detail['rejudged']} rows from {rejudged.cached} stored answers, {rejudged.sent} teacher calls",
+        )
 
 
 def build(
@@ -103,9 +125,9 @@ def build(
     from rich.table import Table
 
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.pipeline import BuildConfig
-    from recycled_datasets.pipeline import build as run_build
     from recycled_datasets.scoring import ScoreConfig
+    from recycled_datasets.stages import BuildConfig
+    from recycled_datasets.stages import build as run_build
     from recycled_datasets.teacher.gates import GateConfig
 
     started = time.monotonic()
@@ -126,40 +148,20 @@ def build(
 
     with locked_all((workdir, "workdir"), (workdir / "teacher", "answer store")):
         result = run_build(config)
-    _print_selection(result.selection, workdir, spec.key)
+    _print_selection(result.report, workdir, spec.key)
     table = Table(title=f"srecycle build: {spec.key}")
     table.add_column("stage")
     table.add_column("result")
     table.add_row("source rows", f"{result.rows} ({result.skipped_rows} invalid skipped)")
-    table.add_row(
-        "reflections",
-        f"{result.reflections.reflected} new by {result.reflections.meta['teacher']}, "
-        f"{result.reflections.reused} reused",
-    )
-    stats = result.reflections.teacher_stats
-    if stats is not None:
-        table.add_row(
-            "teacher calls",
-            f"{stats.sent} sent, {stats.cached} from the store, {stats.fallbacks} fallbacks, "
-            f"{stats.failures} refused ({stats.seconds:.0f} s)",
-        )
-        refused = ", ".join(f"{r} {n}" for r, n in sorted(stats.rejections.items())) or "none"
-        table.add_row("replies refused, per reason (attempts)", refused)
-    elif result.reflections.rejudge_stats is None:
-        table.add_row("teacher calls", "none (every row already had its reflections)")
-    if result.reflections.rejudge_stats is not None:
-        rejudged = result.reflections.rejudge_stats
-        table.add_row(
-            "re-judged (gates changed)",
-            f"{result.reflections.rejudged} rows from {rejudged.cached} stored answers, {rejudged.sent} teacher calls",
-        )
-    reasons = result.selection.report.teacher_fallbacks
+    _teacher_rows(table, result.stats["reflect"])
+    reasons = result.stats["reflect"].fallbacks
     table.add_row(
         "teacher text refused",
         ", ".join(f"{r} {n}" for r, n in reasons.items()) + " (variants)" if reasons else "none",
     )
-    table.add_row("scores", f"{result.scores.pairs} pairs ({'reused' if result.scores.reused else 'scored'})")
-    table.add_row("subset", f"{result.selection.report.rows_kept} of {result.rows} rows")
+    scores = result.stats["score"]
+    table.add_row("scores", f"{scores.rows} pairs ({'reused' if scores.reused else 'scored'})")
+    table.add_row("subset", f"{result.report.rows_kept} of {result.rows} rows")
     table.add_row("dataset", str(result.dataset))
     table.add_row("time", f"{time.monotonic() - started:.1f} s")
     console().print(table)
@@ -177,7 +179,8 @@ def select(
     setup_logging(quiet=quiet)
     set_quiet(quiet)
     from recycled_datasets.locking import locked
-    from recycled_datasets.pipeline import materialize, reselect
+    from recycled_datasets.stages import ReleaseStage, SelectStage
+    from recycled_datasets.workdir import Workdir as Files
 
     config = _selection(keep_unreflected, top_k, top_p)
     if not Path(workdir).is_dir():
@@ -185,9 +188,10 @@ def select(
 
         raise InputError("no such workdir (no reflections.parquet): run srecycle build first", path=str(workdir))
     with locked(workdir, what="workdir"):
-        selection = reselect(workdir, student, config)
-        dataset = materialize(workdir)
-    _print_selection(selection, workdir, student)
+        files = Files(workdir)
+        report = SelectStage(files, student, config).select().report
+        dataset = ReleaseStage(files).run().detail["root"]
+    _print_selection(report, workdir, student)
     console().print(f"dataset: {dataset}")
 
 
@@ -208,7 +212,7 @@ def import_reflections(
     from rich.table import Table
 
     from recycled_datasets.locking import locked
-    from recycled_datasets.pipeline import import_reflections as run_import
+    from recycled_datasets.stages.reference import import_reflections as run_import
 
     with locked(workdir, what="workdir"):
         result = run_import(source, workdir)

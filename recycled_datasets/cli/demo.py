@@ -64,9 +64,9 @@ def demo(
 
     from recycled_datasets.errors import RecycledError
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.pipeline import BuildConfig, build
     from recycled_datasets.progress import console
     from recycled_datasets.selection import SelectionConfig, report_table
+    from recycled_datasets.stages import BuildConfig, build
 
     out = console()
     started = time.monotonic()
@@ -90,9 +90,15 @@ def demo(
                 selection=selection,
             )
         )
-    out.print(report_table(result.selection.report))
-    for row_id in _rows_to_compare(result.reflections.frame, compare):
-        _print_variants(out, row_id, result.reflections.frame, result.scores.frame, selection)
+    out.print(report_table(result.report))
+    from recycled_datasets.stages.reflect import read_rows
+    from recycled_datasets.workdir import Workdir as Files
+    from recycled_datasets.workdir.tables import read_scores
+
+    scores = read_scores(Files(workdir), spec.key)
+    reflections, _ = read_rows(Files(workdir), scores["id"].unique(maintain_order=True).to_list())
+    for row_id in _rows_to_compare(reflections, compare):
+        _print_variants(out, row_id, reflections, scores, selection)
 
     import datasets
 
@@ -100,7 +106,7 @@ def demo(
 
     datasets.disable_progress_bars()
     folder = result.dataset
-    if result.selection.report.rows_kept == 0:
+    if result.report.rows_kept == 0:
         raise RecycledError(
             f"no row of the sample passed the selection for {DEMO_STUDENT}, so its config is empty; "
             "the report above says why (rerun with --keep-unreflected to keep unreflected rows)"
@@ -203,30 +209,28 @@ def _print_subset(out: Any, subset: Any, call: str, show: int) -> None:
 def _print_summary(out: Any, result: Any, workdir: Path, load_seconds: float, total: float) -> None:
     from rich.table import Table
 
-    reflected = result.reflections
-    stats = reflected.teacher_stats
+    reflected = result.stats["reflect"]
+    stats = reflected.detail.get("teacher_calls")
     summary = Table(title="srecycle demo: summary")
     summary.add_column("step")
     summary.add_column("result", justify="right")
     summary.add_column("seconds", justify="right")
     seconds = result.seconds
     summary.add_row("source rows (bundled sample)", str(result.rows), f"{seconds.get('source', 0):.1f}")
-    teacher = f"{reflected.reflected} rows reflected, {reflected.reused} reused"
+    teacher = f"{reflected.made} rows reflected, {reflected.reused} reused"
     if stats is not None:
         refused = ", ".join(f"{r} {n}" for r, n in sorted(stats.rejections.items())) or "none"
         teacher += f"; {stats.sent} calls ({stats.parse_retries} retries); refused: {refused}"
-    summary.add_row("teacher: reflections", teacher, f"{seconds.get('teacher', 0):.1f}")
+    summary.add_row("teacher: reflections", teacher, f"{seconds.get('reflect', 0):.1f}")
     if stats is not None:
         summary.add_row("  of which: loading the teacher model", "", f"{stats.setup_seconds:.1f}")
     summary.add_row(
         "student: IFD / r-IFD",
-        f"{result.scores.pairs} pairs ({'reused' if result.scores.reused else 'scored'})",
-        f"{seconds.get('student scores', 0):.1f}",
+        f"{result.stats['score'].rows} pairs ({'reused' if result.stats['score'].reused else 'scored'})",
+        f"{seconds.get('score', 0):.1f}",
     )
-    summary.add_row(
-        "selection", f"{result.selection.report.rows_kept} of {result.rows} rows kept", f"{seconds['selection']:.1f}"
-    )
-    summary.add_row("release tree (card, plots)", str(result.dataset), f"{seconds.get('release tree', 0):.1f}")
+    summary.add_row("selection", f"{result.report.rows_kept} of {result.rows} rows kept", f"{seconds['select']:.1f}")
+    summary.add_row("release tree (card, plots)", str(result.dataset), f"{seconds.get('release', 0):.1f}")
     summary.add_row("load_dataset", "", f"{load_seconds:.1f}")
     summary.add_row("[bold]total", str(workdir), f"[bold]{total:.1f}")
     out.print(summary)

@@ -86,10 +86,12 @@ def reflect(
     from rich.table import Table
 
     from recycled_datasets.errors import ConfigError
-    from recycled_datasets.pipeline import load_source, write_reflections
     from recycled_datasets.safety import check_distinct
+    from recycled_datasets.stages.reflect import reflections_meta
+    from recycled_datasets.stages.source import load_source
     from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
     from recycled_datasets.teacher.gates import GateConfig
+    from recycled_datasets.workdir.tables import write_reflections_file
 
     if output.suffix.lower() != ".parquet":
         raise ConfigError(f"--output {output} must end in .parquet")
@@ -135,16 +137,20 @@ def reflect(
 
     with locked(config.store_dir, what="answer store"):
         result = reflect_rows(source.rows, config)
-        write_reflections(
-            with_context(result.table, source.rows[: result.table.height]),
+        frame = with_context(result.table, source.rows[: result.table.height])
+        write_reflections_file(
             output,
-            teacher=result.teacher_id,
-            teacher_revision=result.teacher_revision,
-            prompt_version=result.prompt_version,
-            source=source.name,
-            license=source.license,
-            gates=config.gates.as_dict(),
-            max_new_tokens=config.output_budget,
+            frame,
+            reflections_meta(
+                frame,
+                teacher=result.teacher_id,
+                teacher_revision=result.teacher_revision,
+                prompt_version=result.prompt_version,
+                source=source.name,
+                license=source.license,
+                gates=config.gates.as_dict(),
+                max_new_tokens=config.output_budget,
+            ),
         )
     sidecar = output.with_suffix(".json")
     stats = result.stats

@@ -21,33 +21,28 @@ row order, fixed schema, fixed compression, and no timestamps anywhere.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recycled_datasets.chat import add_chat_columns, contexts_of
-from recycled_datasets.errors import ConfigError, InputError
-from recycled_datasets.records import REFLECTION_COLUMNS, SUBSET_COLUMNS, VARIANTS
+from recycled_datasets.errors import InputError
+from recycled_datasets.records import VARIANTS
 from recycled_datasets.safety import check_replaceable, write_manifest
-from recycled_datasets.workdir.files import read_json, read_table, verify, write_table
+from recycled_datasets.workdir import REFLECTIONS_CONFIG, SCORES_CONFIG, Workdir
+from recycled_datasets.workdir.files import atomic_write_bytes, replace_dir, verify, write_table
+from recycled_datasets.workdir.schema import release_scores_schema, report_bytes
+from recycled_datasets.workdir.tables import has_reflections, read_reflections_meta, read_report, read_scores_table
+from recycled_datasets.workdir.views import release_reflections, release_scores, release_subset
 
 logger = logging.getLogger(__name__)
 
-REFLECTIONS_CONFIG = "reflections"
 DATA_FILE = "train-00000-of-00001.parquet"
 REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
 PLOT_NAMES = ("ifd", "rifd", "kept")
-REFLECTIONS_LONG_COLUMNS = ("id", "source_index", "variant", "instruction", "input", "output", "status", "detail")
-_RESERVED = {REFLECTIONS_CONFIG, PLOTS_DIR, "data", "README.md"}
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +54,7 @@ class ConfigEntry:
     info: dict[str, Any]  # the config's dataset_info entry (features, splits, sizes)
     report: dict[str, Any] | None = None
     plots: tuple[str, ...] = ()
+    data_files: str | None = None  # the glob of its files when not NAME/train-*
 
     @property
     def empty(self) -> bool:
@@ -92,21 +88,22 @@ class ReleaseTree:
 
 
 def config_prefixes(name: str) -> tuple[str, ...]:
-    """The folders a config owns on the repo."""
-    return (f"{name}/",) if name == REFLECTIONS_CONFIG else (f"{name}/", f"{PLOTS_DIR}/{name}/")
+    """The folders a config owns on the repo: a student's config also owns its part of ``scores``."""
+    if name == REFLECTIONS_CONFIG:
+        return (f"{name}/",)
+    return (f"{name}/", f"{PLOTS_DIR}/{name}/", f"{SCORES_CONFIG}/{name}/")
 
 
 @dataclass(frozen=True)
 class _Student:
     key: str
-    subset: Path
     scores: Path
     report: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class _Workdir:
-    root: Path
+    files: Workdir
     meta: dict[str, Any]
     students: tuple[_Student, ...]
 
@@ -147,28 +144,16 @@ def build_tree(
     work = read_workdir(Path(workdir), students)
     final = Path(dest)
     check_replaceable(final, force=force, legacy=legacy)
+
     # Written into a folder of this run's own beside the target and moved in at the end: a failure never
     # leaves half a release at ``dest``, and nothing this run did not create is ever removed.
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.srecycle-", dir=final.parent))
-    old: Path | None = None
-    try:
-        staging.chmod(0o755)  # mkdtemp's folder is private; a release folder is an ordinary one
+    def write(staging: Path) -> tuple[list[ConfigEntry], dict[str, ConfigEntry], tuple[str, ...]]:
         configs, entries = _write_tree(work, staging, existing, repo_id)
         files = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
         write_manifest(staging, files)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.replace(final, old / "tree")
-        os.replace(staging, final)
-    except BaseException:
-        if old is not None and not final.exists():  # put the previous release back where it was
-            os.replace(old / "tree", final)
-            old.rmdir()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
+        return configs, entries, files
+
+    configs, entries, files = replace_dir(final, write)
     loadable = [c for c in configs if not c.empty]
     return ReleaseTree(
         root=final,
@@ -190,7 +175,7 @@ def _write_tree(
 
     entries: dict[str, ConfigEntry] = {}
     for student in work.students:
-        table = _subset_table(student.subset)
+        table = release_subset(work.files, student.key)
         rel = f"{student.key}/{DATA_FILE}"
         (dest / student.key).mkdir(parents=True)
         if table.num_rows:
@@ -201,7 +186,9 @@ def _write_tree(
                 "configs (only its report and card section are written)",
                 student.key,
             )
-        (dest / student.key / REPORT_FILE).write_text(_canonical_json(student.report), encoding="utf-8")
+        atomic_write_bytes(dest / student.key / REPORT_FILE, report_bytes(student.report), digest=False)
+        scores_file = dest / SCORES_CONFIG / student.key / DATA_FILE
+        write_table(release_scores(work.files, [student.key]), scores_file, digest=False)
         plots = write_plots(
             scores=student.scores,
             subset=table,
@@ -211,20 +198,27 @@ def _write_tree(
         entries[student.key] = ConfigEntry(
             name=student.key,
             rows=table.num_rows,
-            info=_dataset_info(student.key, table, dest / rel) if table.num_rows else {"config_name": student.key},
+            info=(
+                _dataset_info(student.key, table.schema, table.num_rows, dest / rel, table.nbytes)
+                if table.num_rows
+                else {"config_name": student.key}
+            ),
             report=student.report,
             plots=tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots),
         )
         logger.info("config %s: %d rows", student.key, table.num_rows)
 
-    reflections = _reflections_table(work.root / "reflections.parquet")
+    reflections = release_reflections(work.files)
     rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
     write_table(reflections, dest / rel, digest=False)
     entries[REFLECTIONS_CONFIG] = ConfigEntry(
-        REFLECTIONS_CONFIG, reflections.num_rows, _dataset_info(REFLECTIONS_CONFIG, reflections, dest / rel)
+        REFLECTIONS_CONFIG,
+        reflections.num_rows,
+        _dataset_info(REFLECTIONS_CONFIG, reflections.schema, reflections.num_rows, dest / rel, reflections.nbytes),
     )
 
     configs = _merge_configs(existing, entries)
+    configs.append(_scores_entry(configs))
     loadable = [c for c in configs if not c.empty]
     default = loadable[0].name  # the first student with rows, else reflections (always loadable)
     card = render_card(
@@ -235,7 +229,7 @@ def _write_tree(
         pretty_name=_pretty_name(work.meta),
         meta=work.meta,
         default_config=default,
-        students=[c for c in configs if c.name != REFLECTIONS_CONFIG],
+        students=[c for c in configs if c.name not in (REFLECTIONS_CONFIG, SCORES_CONFIG)],
         reflections=next(c for c in configs if c.name == REFLECTIONS_CONFIG),
         variants=VARIANTS,
     )
@@ -248,111 +242,53 @@ def _write_tree(
 def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
     """Check the workdir contract up front (every stage file against its digest), so a push fails before it
     touches the network and a damaged file is named before anything is written."""
-    from recycled_datasets.pipeline import stage_command
-
-    meta_path = workdir / "reflections.json"
-    if not (workdir / "reflections.parquet").is_file() or not meta_path.is_file():
+    wd = Workdir(workdir)
+    if not has_reflections(wd):
         raise InputError(
             "missing reflections.parquet / reflections.json: run `srecycle reflect` (or build) first",
             path=str(workdir),
         )
-    verify(workdir / "reflections.parquet", stage_command(workdir, "reflections.parquet"))
-    meta = read_json(meta_path, stage_command(workdir, "reflections.json"))
+    verify(wd.reflections, wd.command_for(wd.reflections))
+    meta = read_reflections_meta(wd)
     for key in ("teacher", "prompt_version", "source", "license"):
         if not isinstance(meta.get(key), str) or not meta[key]:
-            raise InputError("missing or empty", path=str(meta_path), field=key)
-    students_dir = workdir / "students"
-    if students is None:
-        keys = sorted(p.name for p in students_dir.iterdir() if p.is_dir()) if students_dir.is_dir() else []
-    else:
-        keys = list(dict.fromkeys(students))
+            raise InputError("missing or empty", path=str(wd.reflections_meta), field=key)
+    keys = wd.student_keys() if students is None else list(dict.fromkeys(students))
     if not keys:
         raise InputError(
-            "no student subsets: run `srecycle select` (or build) for at least one student", path=str(students_dir)
+            "no student subsets: run `srecycle select` (or build) for at least one student", path=str(wd.students_dir)
         )
     found = []
     for key in keys:
-        if not _KEY.match(key) or key in _RESERVED:
-            raise ConfigError(f"'{key}' cannot be a config name (reserved or not a plain name)")
-        folder = students_dir / key
-        for name in ("subset.parquet", "scores.parquet", "report.json"):
-            if not (folder / name).is_file():
-                raise InputError(f"missing {name}: run `srecycle select --student {key}` first", path=str(folder))
-            verify(folder / name, stage_command(workdir, name, key))
-        report = read_json(folder / "report.json", stage_command(workdir, "report.json", key))
-        read_table(folder / "scores.parquet", stage_command(workdir, "scores.parquet", key))  # page checksums
-        if (folder / "eval").is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
+        files = wd.student(key)  # checks the config-name rule
+        for path in (files.subset, files.scores, files.report):
+            if not path.is_file():
+                raise InputError(
+                    f"missing {path.name}: run `srecycle select --student {key}` first", path=str(files.dir)
+                )
+            verify(path, wd.command_for(path))
+        report = read_report(wd, key)
+        read_scores_table(wd, key)  # page checksums and columns
+        if files.eval.is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
             from recycled_datasets.evaluation.card import release_evaluation
 
-            report = {**report, "evaluation": release_evaluation(folder / "eval")}
-        found.append(_Student(key, folder / "subset.parquet", folder / "scores.parquet", report))
-    for student in found:
-        for key in ("rows_in", "rows_kept", "branches", "quantiles", "student"):
-            if key not in student.report:
-                raise InputError(
-                    "missing from the selection report", path=str(student.subset.parent / "report.json"), field=key
-                )
-    return _Workdir(workdir, meta, tuple(found))
+            report = {**report, "evaluation": release_evaluation(files.eval)}
+        for field_name in ("rows_in", "rows_kept", "branches", "quantiles", "student"):
+            if field_name not in report:
+                raise InputError("missing from the selection report", path=str(files.report), field=field_name)
+        found.append(_Student(key, files.scores, report))
+    return _Workdir(wd, meta, tuple(found))
 
 
-def _subset_table(path: Path):
-    import pyarrow as pa
-
-    table = _read_parquet(path, SUBSET_COLUMNS)
-    schema = pa.schema(
-        [(c, pa.float64() if c in ("ifd", "rifd") else pa.string()) for c in SUBSET_COLUMNS],
-    )
-    return add_chat_columns(table.select(list(SUBSET_COLUMNS)).cast(schema), contexts_of(table))
-
-
-def _reflections_table(path: Path):
-    """The long layout: one row per (source row, variant), source order then ori, ins, res, both.
-
-    Long rather than wide so the config has the same instruction/input/output columns as the subsets and
-    a variant is one filter away; ``status``/``detail`` say whether the teacher's text was used.
-    """
-    import pyarrow as pa
-
-    wide = _read_parquet(path, REFLECTION_COLUMNS)
-    n = wide.num_rows
-    ids = wide.column("id").cast(pa.string()).to_pylist()
-    index = wide.column("source_index").cast(pa.int64()).to_pylist()
-    columns: dict[str, list] = {c: [] for c in REFLECTIONS_LONG_COLUMNS}
-    per_variant = {
-        v: {
-            f: wide.column(f"{v}_{f}").to_pylist()
-            for f in ("instruction", "input", "output", *(("status", "detail") if v != "ori" else ()))
-        }
-        for v in VARIANTS
-    }
-    for row in range(n):
-        for v in VARIANTS:
-            cols = per_variant[v]
-            columns["id"].append(ids[row])
-            columns["source_index"].append(index[row])
-            columns["variant"].append(v)
-            for f in ("instruction", "input", "output"):
-                columns[f].append(cols[f][row])
-            columns["status"].append(cols["status"][row] if v != "ori" else "ok")
-            columns["detail"].append(cols["detail"][row] if v != "ori" else None)
-    schema = pa.schema([(c, pa.int64() if c == "source_index" else pa.string()) for c in REFLECTIONS_LONG_COLUMNS])
-    contexts = [context for context in contexts_of(wide) for _ in VARIANTS]
-    return add_chat_columns(pa.table(columns, schema=schema), contexts)
-
-
-def _read_parquet(path: Path, columns: Sequence[str]):
-    from recycled_datasets.pipeline import stage_command
-
-    key = path.parent.name if path.parent.parent.name == "students" else None
-    table = read_table(path, stage_command(path.parent.parent.parent if key else path.parent, path.name, key))
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise InputError(f"missing column(s) {', '.join(missing)}", path=str(path), field=missing[0])
-    return table
+def _scores_entry(configs: Sequence[ConfigEntry]) -> ConfigEntry:
+    """The ``scores`` config: each student's file in ``scores/KEY/``; every row scores its four variants."""
+    rows = sum(4 * int(c.report["rows_in"]) for c in configs if c.report is not None)
+    info = _dataset_info(SCORES_CONFIG, release_scores_schema(), rows, None)
+    return ConfigEntry(SCORES_CONFIG, rows, info, data_files=f"{SCORES_CONFIG}/*/train-*")
 
 
 # ---- card metadata -----------------------------------------------------------------------------------------
-def _dataset_info(name: str, table, path: Path) -> dict[str, Any]:
+def _dataset_info(name: str, schema, rows: int, path: Path | None, nbytes: int = 0) -> dict[str, Any]:
     import pyarrow as pa
 
     def dtype(t) -> str:
@@ -368,18 +304,18 @@ def _dataset_info(name: str, table, path: Path) -> dict[str, Any]:
 
     return {
         "config_name": name,
-        "features": [feature(f) for f in table.schema],
-        "splits": [{"name": "train", "num_bytes": int(table.nbytes), "num_examples": int(table.num_rows)}],
-        "download_size": path.stat().st_size,
-        "dataset_size": int(table.nbytes),
+        "features": [feature(f) for f in schema],
+        "splits": [{"name": "train", "num_bytes": int(nbytes), "num_examples": int(rows)}],
+        **({"download_size": path.stat().st_size, "dataset_size": int(nbytes)} if path is not None else {}),
     }
 
 
 def _merge_configs(existing: ExistingRelease | None, new: Mapping[str, ConfigEntry]) -> list[ConfigEntry]:
     """Existing configs keep their place (the first student stays the default); new ones replace or append."""
-    order: list[str] = [c.name for c in existing.configs] if existing else []
+    kept = [c for c in existing.configs if c.name != SCORES_CONFIG] if existing else []  # remade from the students
+    order: list[str] = [c.name for c in kept]
     order += [name for name in new if name not in order]
-    old = {c.name: c for c in existing.configs} if existing else {}
+    old = {c.name: c for c in kept}
     merged = [new.get(name) or old[name] for name in order]
     students = [c for c in merged if c.name != REFLECTIONS_CONFIG]
     return students + [c for c in merged if c.name == REFLECTIONS_CONFIG]
@@ -398,7 +334,7 @@ def _card_metadata(meta: Mapping[str, Any], configs: Sequence[ConfigEntry], defa
         "configs": [
             {
                 "config_name": c.name,
-                "data_files": [{"split": "train", "path": f"{c.name}/train-*"}],
+                "data_files": [{"split": "train", "path": c.data_files or f"{c.name}/train-*"}],
                 **({"default": True} if c.name == default else {}),
             }
             for c in configs
@@ -430,7 +366,3 @@ def _pretty_name(meta: Mapping[str, Any]) -> str:
 def _size_category(n: int) -> str:
     bounds = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
     return next((label for bound, label in bounds if n < bound), "1M<n<10M")
-
-
-def _canonical_json(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -14,10 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from recycled_datasets.errors import StoreError
 
@@ -80,6 +81,39 @@ def atomic_write_bytes(path: Path, data: bytes, *, digest: bool = True) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return _commit(tmp, path, digest)
+
+
+T = TypeVar("T")
+
+
+def replace_dir(final: Path, write: Callable[[Path], T], *, keep_existing: bool = False) -> T:
+    """Make the folder ``final`` whole or not at all: ``write`` fills a folder of this run's own beside it,
+    which then takes ``final``'s place (the previous folder is put back if that fails). ``keep_existing``
+    keeps a ``final`` that another process finished meanwhile and drops this run's copy. Returns what
+    ``write`` returns."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.srecycle-", dir=final.parent))
+    old: Path | None = None
+    try:
+        staging.chmod(0o755)  # mkdtemp's folder is private; these are ordinary folders
+        result = write(staging)
+        if final.exists() and keep_existing:
+            shutil.rmtree(staging)
+            return result
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.replace(final, old / "tree")
+        os.replace(staging, final)
+    except BaseException:
+        if old is not None and not final.exists():  # put the previous folder back where it was
+            os.replace(old / "tree", final)
+            old.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+    return result
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

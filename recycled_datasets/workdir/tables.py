@@ -87,10 +87,15 @@ def read_reflections_meta(workdir: Workdir | Path) -> dict[str, Any]:
 
 
 def write_reflections(workdir: Workdir | Path, frame: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the reflections table and its metadata (table first: the metadata says the table is whole)."""
-    wd = _as(workdir)
-    write_frame(frame, wd.reflections, reflections_schema(context=CONTEXT_COLUMN in frame.columns))
-    write_json(wd.reflections_meta, dict(meta))
+    """Write the workdir's reflections table and its metadata."""
+    return write_reflections_file(_as(workdir).reflections, frame, meta)
+
+
+def write_reflections_file(path: Path, frame: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Write a reflections table at ``path`` (``srecycle reflect --output``) and its metadata beside it as
+    ``.json`` (table first: the metadata says the table is whole)."""
+    write_frame(frame, path, reflections_schema(context=CONTEXT_COLUMN in frame.columns))
+    write_json(path.with_suffix(".json"), dict(meta))
     return dict(meta)
 
 

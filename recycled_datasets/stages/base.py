@@ -1,0 +1,87 @@
+"""The stage interface: inputs in the workdir to outputs in the workdir, done-ness by a digest of the inputs.
+
+A stage is built with everything it reads (the workdir, the ids of this build's rows, its settings); ``done``
+says whether its outputs already hold the result for exactly those inputs (the digest of the inputs is
+recorded next to the outputs), and ``run`` makes what is missing and returns a :class:`StageStats`. A stage
+that distributes (the score stage) takes ``rank`` and ``world_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from recycled_datasets.workdir import Workdir
+
+
+@dataclass
+class StageStats:
+    """What one stage did: one type for every stage.
+
+    Attributes:
+        stage: the stage's name.
+        rows: rows (or scored pairs) the stage's output holds for this build.
+        reused: of those, how many were already in the workdir.
+        made: how many this run made.
+        fallbacks: variants that fell back to the original, per reason (teacher stage; 0 elsewhere).
+        drops: rows left out, per reason (select stage).
+        seconds: wall time of ``run``.
+        detail: the stage's own record (teacher call counts, the selection report, ...), for summaries.
+    """
+
+    stage: str
+    rows: int = 0
+    reused: int = 0
+    made: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def digest_of(*parts: Any) -> str:
+    """A sha256 of JSON-able parts (dicts with sorted keys): what a stage records of its inputs."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+class Stage(ABC):
+    """One step of the build (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, workdir: Workdir) -> None:
+        self.workdir = workdir
+
+    @abstractmethod
+    def done(self) -> bool:
+        """Whether the outputs already hold this stage's result for these inputs."""
+
+    @abstractmethod
+    def _run(self) -> StageStats:
+        """Make the outputs (reusing what is there) and say what was done."""
+
+    def reuse(self) -> StageStats:
+        """The stats of outputs that are already :meth:`done` (a stage whose ``_run`` does no work then may
+        leave this as it is)."""
+        return self._run()
+
+    def run(self) -> StageStats:
+        """:meth:`reuse` when the outputs are done for these inputs, else make them."""
+        start = time.monotonic()
+        stats = self.reuse() if self.done() else self._run()
+        stats.seconds = round(time.monotonic() - start, 3)
+        return stats
+
+
+def counts(items: Mapping[str, int]) -> dict[str, int]:
+    """Non-zero counts, sorted by name."""
+    return {k: int(v) for k, v in sorted(items.items()) if v}

@@ -1,0 +1,32 @@
+"""The release stage: the workdir's stage files -> DIR/dataset, the exact file layout of the Hub repo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recycled_datasets.stages.base import Stage, StageStats
+from recycled_datasets.workdir import Workdir
+
+
+@dataclass
+class ReleaseStage(Stage):
+    """DIR/dataset: one config per student built in the workdir, plus ``reflections`` and ``scores``.
+
+    The tree is written beside the old one and swapped in, so DIR/dataset is never half written; it is
+    rewritten on every build (it takes about a second, from files the other stages already made), so it
+    always shows every student of the workdir.
+    """
+
+    name = "release"
+
+    workdir: Workdir
+
+    def done(self) -> bool:
+        return False
+
+    def _run(self) -> StageStats:
+        from recycled_datasets.hub import write_release_tree
+
+        tree = write_release_tree(self.workdir.root, self.workdir.dataset, legacy=True)
+        rows = sum(tree.rows.values())
+        return StageStats(self.name, rows=rows, made=rows, detail={"root": tree.root, "configs": tree.configs})

@@ -1,0 +1,137 @@
+"""The score stage: the student's losses, IFD and r-IFD for every variant of every row of the build.
+
+Done-ness is a digest of the inputs kept in ``scores.json`` (the student, template, dtype, max length and
+every pair's text), so a changed reflection or setting rescores. Finished sequences are checkpointed in
+``scores.parquet.parts``, so a killed run resumes; a different setup under the same key starts it over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from recycled_datasets.chat import contexts_of
+from recycled_datasets.errors import ConfigError, StoreError
+from recycled_datasets.models import StudentSpec
+from recycled_datasets.records import SCORE_COLUMNS, VARIANTS, Pair
+from recycled_datasets.scoring import ScoreConfig
+from recycled_datasets.stages.base import Stage, StageStats
+from recycled_datasets.stages.reflect import read_rows
+from recycled_datasets.workdir import Workdir
+from recycled_datasets.workdir.tables import read_scores_meta, write_scores
+
+if TYPE_CHECKING:
+    import polars as pl
+
+logger = logging.getLogger(__name__)
+
+
+def student_record(spec: StudentSpec, settings: ScoreConfig) -> dict[str, str]:
+    """The student as report.json and scores.json name it (template and dtype as actually used)."""
+    return {
+        "key": spec.key,
+        "model": spec.model,
+        "revision": spec.revision,
+        "template": settings.template or spec.template,
+        "dtype": settings.dtype or spec.dtype,
+        "base_model": spec.hub_id,
+    }
+
+
+def pairs_of(reflections: pl.DataFrame) -> tuple[list[str], list[str], list[Pair]]:
+    """Every variant of every row as a pair to score, row by row in source order, variants in VARIANTS order."""
+    ids: list[str] = []
+    variants: list[str] = []
+    pairs: list[Pair] = []
+    # A chat row's context is shared by its variants: ins/both replace the last user turn and keep the rest.
+    for r, context in zip(reflections.iter_rows(named=True), contexts_of(reflections), strict=True):
+        for v in VARIANTS:
+            ids.append(r["id"])
+            variants.append(v)
+            pairs.append(Pair(r[f"{v}_instruction"], r[f"{v}_input"] or "", r[f"{v}_output"], context))
+    return ids, variants, pairs
+
+
+def pairs_digest(pairs: Sequence[Pair]) -> str:
+    """A digest of every pair's text (and chat context), in order: the scores' record of their inputs."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update("\x1f".join((p.instruction, p.input, p.output)).encode("utf-8"))
+        for turn in p.context:  # nothing for rows without context, so their digests stay as they were
+            h.update(f"\x1d{turn.role}\x1f{turn.content}".encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+@dataclass
+class ScoreStage(Stage):
+    """Scores of student ``spec`` for the rows ``ids`` (see the module docstring).
+
+    Attributes:
+        workdir: the workdir (its reflections must hold ``ids``).
+        ids: this build's row ids, in order.
+        spec: the student.
+        settings: the scoring settings (template, dtype, batch, max length, device).
+
+    A distributed run (``torchrun``) gives each rank its share of the batches: the scorer reads its rank and
+    world size from torchrun's environment; rank 0 merges and writes (``srecycle score`` is that entry point).
+    """
+
+    name = "score"
+
+    workdir: Workdir
+    ids: list[str]
+    spec: StudentSpec
+    settings: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def _inputs(self) -> tuple[list[str], list[str], list[Pair], dict[str, Any]]:
+        reflections, _ = read_rows(self.workdir, self.ids)
+        ids, variants, pairs = pairs_of(reflections)
+        meta = {
+            "student": student_record(self.spec, self.settings),
+            "max_length": self.settings.max_length,
+            "pairs": len(pairs),
+            "pairs_sha256": pairs_digest(pairs),
+        }
+        return ids, variants, pairs, meta
+
+    def done(self) -> bool:
+        return read_scores_meta(self.workdir, self.spec.key) == self._inputs()[3]
+
+    def reuse(self) -> StageStats:
+        pairs = self._inputs()[3]["pairs"]
+        logger.info("%s: reusing the scores of %d pairs", self.spec.key, pairs)
+        return StageStats(self.name, rows=pairs, reused=pairs)
+
+    def _run(self) -> StageStats:
+        import polars as pl
+
+        from recycled_datasets.scoring import score_pairs
+
+        ids, variants, pairs, meta = self._inputs()
+        key = self.spec.key
+        if read_scores_meta(self.workdir, key) is not None:
+            logger.info("%s: scores.json differs from this build (student, settings or reflections): rescoring", key)
+        parts = self.workdir.student(key).parts
+        record = meta["student"]
+        config = replace(self.settings, template=record["template"], dtype=record["dtype"], cache_dir=parts)
+        try:
+            scored = score_pairs(pairs, self.spec, config)
+        except StoreError:
+            logger.info("%s: checkpoints in %s belong to another setup; starting over", key, parts)
+            shutil.rmtree(parts)
+            scored = score_pairs(pairs, self.spec, config)
+        if scored is None:  # a non-main rank of a distributed run
+            raise ConfigError(
+                "srecycle build runs in one process; run srecycle score under torchrun for several ranks"
+            )
+        frame = pl.concat(
+            [pl.DataFrame({"id": ids, "variant": variants}, schema={"id": pl.String, "variant": pl.String}), scored],
+            how="horizontal",
+        ).select("id", "variant", *SCORE_COLUMNS)
+        write_scores(self.workdir, key, frame, meta)
+        return StageStats(self.name, rows=len(pairs), made=len(pairs))

@@ -1,0 +1,76 @@
+"""The source stage: the rows of a build, from a public set, the bundled sample, a file, a folder or a Hub id."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recycled_datasets.chat import context_from_json
+from recycled_datasets.errors import InputError
+from recycled_datasets.records import CONTEXT_COLUMN, SourceRow
+
+if TYPE_CHECKING:
+    import polars as pl
+
+logger = logging.getLogger(__name__)
+
+# The public Hub sets that ``--source alpaca|wizardlm`` name, and the licenses they are published under.
+HUB_SOURCES: dict[str, str] = {"alpaca": "tatsu-lab/alpaca", "wizardlm": "WizardLMTeam/WizardLM_evol_instruct_70k"}
+SOURCE_LICENSES: dict[str, str] = {"tatsu-lab/alpaca": "cc-by-nc-4.0"}
+SAMPLE_NAME = "sample"
+SAMPLE_SOURCE = "recycled_datasets/data/sample.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """The rows of a build and what to record about where they came from."""
+
+    rows: list[SourceRow]
+    name: str
+    license: str
+    skipped: int = 0
+
+
+def sample_path() -> Path:
+    """The project's own 30-row sample in Alpaca form (used by the demo and the tests)."""
+    from importlib import resources
+
+    return Path(str(resources.files("recycled_datasets").joinpath("data", "sample.jsonl")))
+
+
+def load_source(source: str, *, limit: int | None = None, skip_invalid: bool = False) -> SourceInfo:
+    """Read ``source``: ``alpaca``/``wizardlm`` (the public Hub sets), ``sample``, or a file/folder/Hub id."""
+    from recycled_datasets.sources import read_source
+
+    if source in HUB_SOURCES:
+        hub_id = HUB_SOURCES[source]
+        try:
+            data = read_source(hub_id, skip_invalid=skip_invalid, limit=limit)
+        except InputError as e:
+            raise InputError(
+                f"could not load the public set {hub_id} through datasets (no network?): {e}. "
+                f"Download it elsewhere and pass the local file of that form with --source PATH"
+            ) from e
+        return SourceInfo(data.rows, hub_id, SOURCE_LICENSES.get(hub_id, "other"), len(data.invalid))
+    if source == SAMPLE_NAME:
+        data = read_source(sample_path(), skip_invalid=skip_invalid, limit=limit)
+        return SourceInfo(data.rows, SAMPLE_SOURCE, "apache-2.0", len(data.invalid))
+    data = read_source(source, skip_invalid=skip_invalid, limit=limit)
+    return SourceInfo(data.rows, source, "other", len(data.invalid))
+
+
+def rows_from_frame(frame: pl.DataFrame) -> list[SourceRow]:
+    """The source rows a reflections table was made from (its ``ori`` variant), in its order."""
+    return [
+        SourceRow(
+            r["id"],
+            int(r["source_index"]),
+            r["ori_instruction"],
+            r["ori_input"],
+            r["ori_output"],
+            context_from_json(r.get(CONTEXT_COLUMN)),
+        )
+        for r in frame.iter_rows(named=True)
+    ]
