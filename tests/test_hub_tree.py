@@ -35,6 +35,8 @@ def test_tree_has_the_hub_layout(tree):
         "llama2-7b/train-00000-of-00001.parquet",
         "mistral-7b/train-00000-of-00001.parquet",
         "reflections/train-00000-of-00001.parquet",
+        "scores/llama2-7b/train-00000-of-00001.parquet",
+        "scores/mistral-7b/train-00000-of-00001.parquet",
     }
     assert "README.md" in tree.files
     assert {f for f in tree.files if f.startswith("plots/")} == {
@@ -68,6 +70,23 @@ def test_folder_loads_with_datasets_per_config_and_default(workdir, tree, tmp_pa
     assert len(default) == pq.read_metadata(workdir / "students" / "llama2-7b" / "subset.parquet").num_rows
 
 
+def test_scores_config_holds_every_variant_of_every_student_with_its_text(workdir, tree, tmp_path):
+    """Others can cut their own subsets from the released scores: each student's, per (row, variant)."""
+    import datasets
+
+    scores = datasets.load_dataset(str(tree.root), "scores", split="train", cache_dir=str(tmp_path / "cache"))
+    wide = {r["id"]: r for r in pq.read_table(workdir / "reflections.parquet").to_pylist()}
+    for key in ("llama2-7b", "mistral-7b"):
+        own = [r for r in scores if r["student"] == key]
+        raw = pq.read_table(workdir / "students" / key / "scores.parquet").to_pylist()
+        assert [(r["id"], r["variant"], r["ifd"], r["rifd"]) for r in own] == [
+            (r["id"], r["variant"], r["ifd"], r["rifd"]) for r in raw
+        ]
+        for r in own:
+            assert r["output"] == wide[r["id"]][f"{r['variant']}_output"]
+    assert len(scores) == 2 * 4 * len(wide)
+
+
 def test_reflections_config_is_the_long_layout_of_every_variant(workdir, tree):
     wide = pq.read_table(workdir / "reflections.parquet").to_pylist()
     long = pq.read_table(tree.root / "reflections" / "train-00000-of-00001.parquet").to_pylist()
@@ -86,13 +105,14 @@ def test_reflections_config_is_the_long_layout_of_every_variant(workdir, tree):
 def test_card_metadata_and_body(workdir, tree):
     card = DatasetCard.load(tree.root / "README.md")
     configs = card.data.configs
-    assert [c["config_name"] for c in configs] == ["llama2-7b", "mistral-7b", "reflections"]
+    assert [c["config_name"] for c in configs] == ["llama2-7b", "mistral-7b", "reflections", "scores"]
     assert [c["config_name"] for c in configs if c.get("default")] == ["llama2-7b"]
     assert card.data.license == "cc-by-nc-4.0"
     for key in ("task_categories", "size_categories", "source_datasets", "tags", "pretty_name", "dataset_info"):
         assert getattr(card.data, key), key
     info = {i["config_name"]: i for i in card.data.dataset_info}
     assert info["reflections"]["splits"][0]["num_examples"] == 24
+    assert info["scores"]["splits"][0]["num_examples"] == 48  # two students, four variants of six rows
     # Every image the card shows is a file of the tree.
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text)
     assert len(images) == 6 and all((tree.root / p).is_file() for p in images)

@@ -53,32 +53,31 @@ def one_line_error(err: str) -> str:
 def finished_workdir(root: Path, *, empty: bool = False) -> Path:
     """A workdir as build leaves it (every stage file written by the project's own writers), no model needed."""
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.pipeline import _pairs_digest, pairs_of, scores_schema, student_record, write_reflections
     from recycled_datasets.scoring import ScoreConfig
-    from recycled_datasets.workdir.files import write_json, write_parquet
+    from recycled_datasets.stages import ReleaseStage, SelectStage
+    from recycled_datasets.stages.score import pairs_digest, pairs_of, student_record
+    from recycled_datasets.workdir import Workdir
+    from recycled_datasets.workdir.tables import write_reflections, write_scores
 
     make_workdir(root, students=(STUDENT,), rows=30, empty=(STUDENT,) if empty else ())
     meta = json.loads((root / "reflections.json").read_text())
     reflections = pl.read_parquet(root / "reflections.parquet")
-    write_reflections(
-        reflections,
-        root / "reflections.parquet",
-        **{k: meta[k] for k in ("teacher", "teacher_revision", "prompt_version", "source", "license")},
-    )
-    folder = root / "students" / STUDENT
-    write_parquet(pl.read_parquet(folder / "scores.parquet"), folder / "scores.parquet", scores_schema())
+    wd = Workdir(root)
+    write_reflections(wd, reflections, meta)
     settings = ScoreConfig()
     _, _, pairs = pairs_of(reflections)
     record = student_record(resolve_student(STUDENT), settings)
-    write_json(
-        folder / "scores.json",
-        {"student": record, "max_length": 2048, "pairs": len(pairs), "pairs_sha256": _pairs_digest(pairs)},
+    scores = pl.read_parquet(wd.student(STUDENT).scores)
+    write_scores(
+        wd,
+        STUDENT,
+        scores,
+        {"student": record, "max_length": 2048, "pairs": len(pairs), "pairs_sha256": pairs_digest(pairs)},
     )
-    from recycled_datasets.pipeline import materialize, reselect
     from recycled_datasets.selection import SelectionConfig
 
-    reselect(root, STUDENT, SelectionConfig(mode="paper" if empty else "keep-unreflected"))
-    materialize(root)
+    SelectStage(wd, STUDENT, SelectionConfig(mode="paper" if empty else "keep-unreflected")).run()
+    ReleaseStage(wd).run()
     return root
 
 

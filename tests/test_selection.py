@@ -22,6 +22,7 @@ from recycled_datasets.selection import (
     select_rows,
     subset_frame,
 )
+from recycled_datasets.workdir.schema import report_bytes
 
 Score = tuple[float | None, float | None]  # (IFD, r-IFD)
 
@@ -225,7 +226,7 @@ def test_report_json_has_the_workdir_contract_shape():
         prompt_version="v1",
         source="sample",
     )
-    data = json.loads(report.to_json())
+    data = json.loads(report_bytes(report.as_dict()))
     assert list(data) == [
         "student",
         "teacher",
@@ -244,7 +245,7 @@ def test_report_json_has_the_workdir_contract_shape():
     assert list(data["quantiles"]["ifd"]) == ["p10", "p25", "p50", "p75", "p90"]
     assert data["top"] == {"p": 50.0}
     assert data["rows_kept"] == 1  # 50% of the two paper-mode rows
-    assert SelectionReport.from_json(report.to_json()) == report
+    assert SelectionReport.from_dict(json.loads(report_bytes(report.as_dict()))) == report
 
 
 def test_report_renders_as_a_table_with_every_count():

@@ -32,7 +32,7 @@ def check_config_name(key: str) -> str:
     """``key`` if it can name a student's config (and its folders), else a :class:`ConfigError` saying why."""
     if not _KEY.match(key or ""):
         raise ConfigError(
-            f"{key!r} cannot name a student's config: use lowercase letters, digits, '.', '_' and '-', "
+            f"student key {key!r} is not a valid config name: use lowercase letters, digits, '.', '_' and '-', "
             "starting with a letter or digit (pass --name KEY)"
         )
     if key in RESERVED_NAMES:
