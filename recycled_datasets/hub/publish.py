@@ -37,8 +37,6 @@ from recycled_datasets.hub.tree import (
 
 logger = logging.getLogger(__name__)
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-
 
 @dataclass(frozen=True)
 class PushResult:
@@ -65,10 +63,10 @@ def check_tag(tag: str | None) -> str | None:
 
 
 def check_repo_id(repo_id: str) -> str:
-    """Repos are always ORG/NAME here: a bare name would land in whichever account the token belongs to."""
-    if not _REPO_ID.match(repo_id or ""):
-        raise ConfigError(f"--repo must look like ORG/NAME, got '{repo_id}'")
-    return repo_id
+    """``--repo`` is always ORG/NAME: a bare name would land in whichever account the token belongs to."""
+    from recycled_datasets.hub.ids import check_repo_id as check
+
+    return check(repo_id, what="--repo (ORG/NAME)")
 
 
 def resolve_token(token: str | None) -> str:
@@ -102,9 +100,10 @@ def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint:
     try:
         yield
     except RevisionNotFoundError as exc:
-        raise HubError(_mask(f"{action} {repo_id}: revision not found ({_server_message(exc)})", token)) from exc
+        message = f"{action} {repo_id}: revision not found ({_server_message(exc)})"
+        raise HubError(_mask(message, token), status=_status(exc)) from exc
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
+        status = _status(exc)
         detail = _server_message(exc)
         if status == 401:
             message = (
@@ -126,7 +125,7 @@ def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint:
             message = f"{action} {repo_id}: the repo changed while this push was being prepared (HTTP 412); rerun it"
         else:
             message = f"{action} {repo_id}: the Hub answered HTTP {status} ({detail}); nothing was changed, rerun it"
-        raise HubError(_mask(message, token)) from exc
+        raise HubError(_mask(message, token), status=status) from exc
     except (httpx2.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
         raise HubError(
             _mask(
@@ -134,6 +133,10 @@ def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint:
                 token,
             )
         ) from exc
+
+
+def _status(exc) -> int | None:
+    return exc.response.status_code if exc.response is not None else None
 
 
 def _server_message(exc: Exception) -> str:
