@@ -93,12 +93,12 @@ def _push(
 ) -> None:
     from rich.table import Table
 
-    from recycled_datasets.hub import push_release, write_to_dir
+    from recycled_datasets.hub import push_release, write_release_tree
     from recycled_datasets.progress import console
 
     table = Table(title=f"srecycle push: {repo}")
     if to_dir is not None:
-        tree = write_to_dir(workdir=workdir, dest=to_dir, students=students, repo_id=repo, force=force)
+        tree = write_release_tree(workdir, to_dir, students=students, repo_id=repo, force=force)
         table.add_column("config")
         table.add_column("rows", justify="right")
         for name in tree.configs:

@@ -30,7 +30,6 @@ from recycled_datasets.hub.tree import (
     REPORT_FILE,
     ConfigEntry,
     ExistingRelease,
-    ReleaseTree,
     build_tree,
     config_prefixes,
 )
@@ -210,19 +209,6 @@ def push_release(
     )
 
 
-def write_to_dir(
-    *, workdir: Path, dest: Path, students: Sequence[str] | None = None, repo_id: str | None, force: bool = False
-) -> ReleaseTree:
-    """``--to-dir``: the same tree a push would commit, with no network.
-
-    ``dest`` must be new, empty or a release folder this project wrote (its manifest lists every file in it);
-    ``force`` replaces any other folder except a filesystem root or the home folder.
-    """
-    if repo_id is not None:
-        check_repo_id(repo_id)
-    return build_tree(Path(workdir), Path(dest), students=students, repo_id=repo_id, force=force)
-
-
 def ensure_repo(api, repo_id: str, repo_type: str, *, private: bool):
     """The repo's current head, creating the repo first if it does not exist (an existing one keeps its visibility).
 
@@ -297,5 +283,4 @@ __all__ = [
     "hub_errors",
     "push_release",
     "resolve_token",
-    "write_to_dir",
 ]
