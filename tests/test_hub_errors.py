@@ -72,6 +72,9 @@ def test_bad_repo_id_and_bad_workdir_fail_before_any_request(hub, tmp_path, work
 
     with pytest.raises(ConfigError, match="ORG/NAME"):
         push_release(repo_id="just-a-name", workdir=workdir, token=SENTINEL, endpoint=hub.endpoint)
+    # huggingface_hub's own rules, not a look-alike pattern: the Hub refuses "--" in a name, and so does the check.
+    with pytest.raises(ConfigError, match="'org/bad--name' is not a Hub repo id.*--"):
+        push_release(repo_id="org/bad--name", workdir=workdir, token=SENTINEL, endpoint=hub.endpoint)
     with pytest.raises(InputError, match="reflections.parquet"):
         push_release(repo_id=REPO, workdir=tmp_path / "empty", token=SENTINEL, endpoint=hub.endpoint)
     assert hub.state.requests == []
