@@ -41,7 +41,15 @@ class StoreError(RecycledError):
 
 
 class HubError(RecycledError):
-    """A Hub operation failed (auth, missing repo, name conflict, network)."""
+    """A Hub operation failed (auth, missing repo, name conflict, network).
+
+    ``status`` is the HTTP status the Hub answered (401, 403, 404, 409, ...), so a caller can tell a missing
+    permission from a conflict without parsing the message; None when no answer came (a network failure).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None):
+        self.status = status
+        super().__init__(message)
 
 
 class LockError(RecycledError):

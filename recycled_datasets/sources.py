@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 from recycled_datasets.chat import chat_row, is_chat_record
 from recycled_datasets.errors import InputError
 from recycled_datasets.hf_datasets import split_of
+from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.records import SourceRow, Turn, assign_ids
 
 logger = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst")
 
 
@@ -164,7 +163,7 @@ def _hub_form(name: str) -> bool:
     """``ORG/NAME`` that cannot be a local path: one slash, no file suffix, no leading ``.``/``/``/``~``, nothing
     of that name here, and no local folder ``ORG``."""
     return (
-        bool(_HUB_ID.match(name))
+        is_repo_id(name)
         and Path(name).suffix.lower() not in _FILE_SUFFIXES
         and not Path(name).exists()
         and not Path(name.split("/")[0]).exists()
@@ -222,9 +221,7 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
     elif path.is_dir() or Path(split_of(name)[0]).is_dir() or looks_like_hub_id(name):
         records = _records_from_datasets(name)  # a local datasets folder (with or without :SPLIT), or a Hub id
     else:
-        offline = (
-            _HUB_ID.match(name) and not looks_like_hub_id(name) and Path(name).suffix.lower() not in _FILE_SUFFIXES
-        )
+        offline = is_repo_id(name) and not looks_like_hub_id(name) and Path(name).suffix.lower() not in _FILE_SUFFIXES
         hint = " (offline mode: Hub ids are not tried)" if offline and not Path(name.split("/")[0]).exists() else ""
         raise InputError(f"no such file or folder (nor a Hub dataset id of the form org/name){hint}", path=name)
 

@@ -429,6 +429,12 @@ class HubServer:
         self._thread.join(timeout=10)
 
 
+# ---- what the Hub tests share (the ``hub`` fixture is in hub_fixtures.py) ------------------------------------
+WRITE_TOKEN = "hf_SENTINEL_write_token_do_not_leak_7f3a9c"
+READ_TOKEN = "hf_read_only_token_1234"
+REPO = "org/srecycled"
+
+
 # ---- a synthetic workdir (the contract of COMMON.md), independent of the teacher and the scorer ---------------
 def make_workdir(
     root,

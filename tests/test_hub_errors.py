@@ -10,21 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer, make_workdir
+from hub_server import READ_TOKEN, REPO, make_workdir
+from hub_server import WRITE_TOKEN as SENTINEL
 from huggingface_hub import HfApi
 
 from recycled_datasets.errors import HubError
 from recycled_datasets.hub import hub_errors, push_release
 
-SENTINEL = "hf_SENTINEL_do_not_leak_7f3a9c"
-READ_TOKEN = "hf_read_only_token_1234"
-REPO = "org/srecycled"
-
-
-@pytest.fixture
-def hub():
-    with HubServer(tokens={SENTINEL: "write", READ_TOKEN: "read"}) as server:
-        yield server
+pytest_plugins = ["hub_fixtures"]
 
 
 @pytest.fixture
@@ -36,14 +29,15 @@ def test_invalid_token_is_a_401_message_without_the_token(hub, workdir):
     bad = "hf_unknown_token_999"
     with pytest.raises(HubError, match="HTTP 401.*HF_TOKEN") as err:
         push_release(repo_id=REPO, workdir=workdir, token=bad, endpoint=hub.endpoint)
-    assert bad not in str(err.value)
+    assert bad not in str(err.value) and err.value.status == 401
     assert ("dataset", REPO) not in hub.state.repos
 
 
 def test_read_only_token_is_a_403_message(hub, workdir):
     push_release(repo_id=REPO, workdir=workdir, token=SENTINEL, endpoint=hub.endpoint)
-    with pytest.raises(HubError, match="HTTP 403.*write"):
+    with pytest.raises(HubError, match="HTTP 403.*write") as err:
         push_release(repo_id=REPO, workdir=workdir, token=READ_TOKEN, endpoint=hub.endpoint)
+    assert err.value.status == 403  # kept as data, so a caller can branch on it without reading the message
 
 
 def test_missing_repo_is_a_404_message(hub):
@@ -51,24 +45,26 @@ def test_missing_repo_is_a_404_message(hub):
     with pytest.raises(HubError, match="org/missing: repo not found") as err:
         with hub_errors("org/missing", action="read", token=SENTINEL, endpoint=hub.endpoint):
             api.dataset_info("org/missing")
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and err.value.status == 404
 
 
 def test_name_conflict_is_a_409_message(hub, workdir):
     result = push_release(repo_id=REPO, workdir=workdir, token=SENTINEL, endpoint=hub.endpoint)
     api = HfApi(endpoint=hub.endpoint, token=SENTINEL)
     api.create_tag(REPO, tag="v1", revision=result.commit_oid, repo_type="dataset")
-    with pytest.raises(HubError, match="name conflict \\(HTTP 409\\)"):
+    with pytest.raises(HubError, match="name conflict \\(HTTP 409\\)") as err:
         with hub_errors(REPO, action="tag", token=SENTINEL, endpoint=hub.endpoint):
             api.create_tag(REPO, tag="v1", revision=result.commit_oid, repo_type="dataset")
+    assert err.value.status == 409
 
 
 def test_unreachable_hub_is_a_network_message(workdir):
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(HubError, match="cannot reach .*check the network or HF_ENDPOINT"):
+    with pytest.raises(HubError, match="cannot reach .*check the network or HF_ENDPOINT") as err:
         push_release(repo_id=REPO, workdir=workdir, token=SENTINEL, endpoint=f"http://127.0.0.1:{port}")
+    assert err.value.status is None  # no answer came, so there is no status to keep
 
 
 def test_bad_repo_id_and_bad_workdir_fail_before_any_request(hub, tmp_path, workdir):
@@ -76,6 +72,9 @@ def test_bad_repo_id_and_bad_workdir_fail_before_any_request(hub, tmp_path, work
 
     with pytest.raises(ConfigError, match="ORG/NAME"):
         push_release(repo_id="just-a-name", workdir=workdir, token=SENTINEL, endpoint=hub.endpoint)
+    # huggingface_hub's own rules, not a look-alike pattern: the Hub refuses "--" in a name, and so does the check.
+    with pytest.raises(ConfigError, match="'org/bad--name' is not a Hub repo id.*--"):
+        push_release(repo_id="org/bad--name", workdir=workdir, token=SENTINEL, endpoint=hub.endpoint)
     with pytest.raises(InputError, match="reflections.parquet"):
         push_release(repo_id=REPO, workdir=tmp_path / "empty", token=SENTINEL, endpoint=hub.endpoint)
     assert hub.state.requests == []

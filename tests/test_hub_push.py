@@ -12,21 +12,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from hub_server import HubServer, make_workdir
+from hub_server import REPO, HubServer, make_workdir
+from hub_server import WRITE_TOKEN as TOKEN
 from huggingface_hub import DatasetCard
 
 from recycled_datasets.errors import HubError
 from recycled_datasets.hub import push_release
 
-TOKEN = "hf_test_write_token_0000"
-READ_TOKEN = "hf_test_read_token_0000"
-REPO = "org/srecycled"
-
-
-@pytest.fixture
-def hub():
-    with HubServer(tokens={TOKEN: "write", READ_TOKEN: "read"}) as server:
-        yield server
+pytest_plugins = ["hub_fixtures"]
 
 
 @pytest.fixture

@@ -53,15 +53,10 @@ def push(
     quiet: Quiet = False,
 ) -> None:
     """Publish the workdir's per-student subsets and the reflections as one dataset repo, in one commit."""
-    from recycled_datasets.hub.publish import check_repo_id, check_tag
     from recycled_datasets.locking import locked
-    from recycled_datasets.progress import set_quiet, setup_logging
     from recycled_datasets.safety import check_replaceable
 
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
-    check_repo_id(repo)
-    check_tag(tag)
+    _start(repo, tag, quiet)
     if to_dir is not None:
         check_replaceable(to_dir, force=force)
     if not Path(workdir).is_dir():
@@ -73,6 +68,17 @@ def push(
         for spec in eval_dirs or ():
             _attach_dataset_evaluation(workdir, spec)
         _push(repo, workdir, student or None, tag, private, to_dir, force, quiet)
+
+
+def _start(repo: str, tag: str | None, quiet: bool) -> None:
+    """Logging set up, and ``--repo`` / ``--tag`` checked before anything is read or contacted."""
+    from recycled_datasets.hub.publish import check_repo_id, check_tag
+    from recycled_datasets.progress import set_quiet, setup_logging
+
+    setup_logging(quiet=quiet)
+    set_quiet(quiet)
+    check_repo_id(repo)
+    check_tag(tag)
 
 
 def _push(
@@ -87,12 +93,12 @@ def _push(
 ) -> None:
     from rich.table import Table
 
-    from recycled_datasets.hub import push_release, write_to_dir
+    from recycled_datasets.hub import push_release, write_release_tree
     from recycled_datasets.progress import console
 
     table = Table(title=f"srecycle push: {repo}")
     if to_dir is not None:
-        tree = write_to_dir(workdir=workdir, dest=to_dir, students=students, repo_id=repo, force=force)
+        tree = write_release_tree(workdir, to_dir, students=students, repo_id=repo, force=force)
         table.add_column("config")
         table.add_column("rows", justify="right")
         for name in tree.configs:
@@ -142,14 +148,10 @@ def push_model(
     from rich.table import Table
 
     from recycled_datasets.hub import push_model as push_checkpoint
-    from recycled_datasets.hub.publish import check_repo_id, check_tag
-    from recycled_datasets.progress import console, set_quiet, setup_logging
+    from recycled_datasets.progress import console
     from recycled_datasets.safety import check_target
 
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
-    check_repo_id(repo)
-    check_tag(tag)
+    _start(repo, tag, quiet)
     if to_dir is not None:
         check_target(to_dir, "--to-dir")
     result = push_checkpoint(

@@ -2,8 +2,8 @@
 
 ``attach_evaluation`` copies a judge run's ``results.json`` and plot into the checkpoint's ``eval/`` folder, so
 they travel with the model and every later card rendering finds them. The card gets an Evaluation section (a
-table per test set and the plot) and ``model-index`` results in its metadata, written through
-huggingface_hub's own ``ModelCardData`` / ``EvalResult`` so that the Hub and ``ModelCard.load`` read them back.
+table per test set and the plot) and ``model-index`` results in its metadata: ``EvalResult`` objects that the
+model card's ``ModelCardData`` writes, so that the Hub and ``ModelCard.load`` read them back.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import InputError
 from recycled_datasets.evaluation.report import PLOT_FILE, POOLED, RESULTS_FILE
+
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult
 
 EVAL_FOLDER = "eval"
 _SET_KEYS = ("win", "tie", "loss", "invalid", "win_score", "adjusted_win_rate", "inconsistent")
@@ -61,14 +64,16 @@ def attach_evaluation(checkpoint: Path, eval_dir: Path) -> Path:
 
 @dataclass(frozen=True)
 class CardEvaluation:
-    """What a card shows of an evaluation: who was compared, the table, the plot, the ``model-index``."""
+    """What a card shows of an evaluation: who was compared, the table, the plot, and the results that
+    ``ModelCardData(model_name=..., eval_results=...)`` turns into the card's ``model-index``."""
 
     a: str
     b: str
     judge: str
     rows: list[list[str]]
     plot: str | None
-    model_index: list[dict[str, Any]]
+    model_name: str
+    eval_results: tuple[EvalResult, ...]
 
 
 def _cell(value: Any) -> str:
@@ -79,7 +84,7 @@ def _cell(value: Any) -> str:
 
 def card_evaluation(checkpoint: Path, *, model_name: str) -> CardEvaluation | None:
     """The evaluation a checkpoint carries in ``eval/``, ready for its card; None when it carries none."""
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import EvalResult
 
     folder = Path(checkpoint) / EVAL_FOLDER
     if not (folder / RESULTS_FILE).is_file():
@@ -105,9 +110,8 @@ def card_evaluation(checkpoint: Path, *, model_name: str) -> CardEvaluation | No
                     metric_value=value if isinstance(value, int) else round(float(value), 4),
                 )
             )
-    model_index = ModelCardData(model_name=model_name, eval_results=evals).to_dict().get("model-index", [])
     plot = f"{EVAL_FOLDER}/{PLOT_FILE}" if (folder / PLOT_FILE).is_file() else None
-    return CardEvaluation(results["a"], results["b"], results["judge"], rows, plot, model_index)
+    return CardEvaluation(results["a"], results["b"], results["judge"], rows, plot, model_name, tuple(evals))
 
 
 def release_evaluation(folder: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Everything heavy (pyarrow, matplotlib, huggingface_hub) is imported inside the f
 """
 
 from recycled_datasets.hub.model_card import push_model, write_model_card
-from recycled_datasets.hub.publish import PushResult, hub_errors, push_release, write_to_dir
+from recycled_datasets.hub.publish import PushResult, hub_errors, push_release
 from recycled_datasets.hub.tree import ReleaseTree, write_release_tree
 
 __all__ = [
@@ -15,5 +15,4 @@ __all__ = [
     "push_release",
     "write_model_card",
     "write_release_tree",
-    "write_to_dir",
 ]

@@ -1,52 +1,73 @@
-"""Cards from Jinja templates: the YAML metadata is built as data here, the prose lives in ``model_cards/``.
+"""Cards through huggingface_hub: metadata in its card-data types, prose in the Jinja templates of ``model_cards/``.
 
-Metadata is dumped with PyYAML rather than written in the template, so a value containing a colon or a quote
-can never break the front matter that ``datasets`` and the Hub parse. The templates sit in the top-level
-``model_cards/`` folder of the repository; an installed package carries the same files in
-``recycled_datasets/hub/model_cards`` (a link to that folder, packaged as package data).
+The front matter is never written by hand: a ``DatasetCardData`` / ``ModelCardData`` (with ``EvalResult`` for
+``model-index``) dumps it, so a value containing a colon or a quote cannot break the YAML that ``datasets`` and
+the Hub parse, and ``DatasetCard.load`` / ``ModelCard.load`` read back exactly what was meant.
+
+The templates keep their home in the top-level ``model_cards/`` folder and are installed as the data package
+``recycled_datasets.model_cards`` (see pyproject.toml), so a wheel carries them without any link.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from recycled_datasets.errors import ConfigError
 
-_TEMPLATE_FOLDER = "model_cards"
+if TYPE_CHECKING:
+    from huggingface_hub import CardData, RepoCard
+
+    Card = TypeVar("Card", bound=RepoCard)
+
+DATASET_TEMPLATE = "dataset_card.md.j2"
+MODEL_TEMPLATE = "model_card.md.j2"
+_FOLDER = "model_cards"
+_PACKAGE = "recycled_datasets.model_cards"
 
 
-def template_dir() -> Path:
-    """Where the card templates are: the checkout's ``model_cards/`` first, then the installed copy."""
-    here = Path(__file__).resolve().parent
-    candidates = (here.parents[1] / _TEMPLATE_FOLDER, here / _TEMPLATE_FOLDER)
-    for candidate in candidates:
-        if (candidate / "dataset_card.md.j2").is_file():
-            return candidate
-    raise ConfigError(
-        "card templates not found (looked in " + ", ".join(str(c) for c in candidates) + "); reinstall the package"
-    )
+def template_dir() -> Traversable:
+    """The folder of the card templates.
+
+    A source checkout (run with ``PYTHONPATH`` or installed editable) reads its own ``model_cards/``, so edits to a
+    template show at once and a second checkout never renders with the first one's files; an installed wheel reads
+    the package ``recycled_datasets.model_cards`` through importlib.resources.
+    """
+    from importlib.resources import files
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / _FOLDER / DATASET_TEMPLATE).is_file():
+        return root / _FOLDER
+    try:
+        folder = files(_PACKAGE)
+    except ModuleNotFoundError as err:
+        raise ConfigError(
+            f"card templates not found: no package {_PACKAGE} and no {root / _FOLDER}; reinstall recycled-datasets"
+        ) from err
+    if not folder.joinpath(DATASET_TEMPLATE).is_file():
+        raise ConfigError(f"card templates missing from the installed {_PACKAGE}; reinstall recycled-datasets")
+    return folder
 
 
-def yaml_block(metadata: Mapping[str, Any]) -> str:
-    """Front-matter YAML in the given key order, wide enough that long values stay on one line."""
-    import yaml
+def render_card(card_type: type[Card], card_data: CardData, template: str, **context: Any) -> Card:
+    """``card_type.from_template(card_data, template_path=...)`` with the project's template and a strict Jinja.
 
-    return yaml.safe_dump(dict(metadata), sort_keys=False, allow_unicode=True, width=10_000).rstrip("\n")
-
-
-def render_card(template: str, metadata: Mapping[str, Any], **context: Any) -> str:
-    """Render ``template`` (a file name in :func:`template_dir`) with ``metadata`` as its front matter."""
+    As in ``RepoCard.from_template``, the template sees ``card_data`` (the YAML block) and every metadata field, and
+    ``context`` wins over a field of the same name. The environment differs on purpose: an undefined name raises
+    instead of rendering as an empty cell, and block tags take their own line with them (``trim_blocks``), which the
+    Markdown tables of the templates rely on.
+    """
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir())),
         autoescape=False,  # Markdown, not HTML
-        undefined=jinja2.StrictUndefined,  # a missing value is a bug, not an empty cell
+        undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    text = env.get_template(template).render(card_data=yaml_block(metadata), **context)
-    return text.rstrip("\n") + "\n"
+    source = template_dir().joinpath(template).read_text(encoding="utf-8")
+    variables = {**card_data.to_dict(), **context}
+    text = env.from_string(source).render(card_data=card_data.to_yaml(), **variables)
+    return card_type(text.rstrip("\n") + "\n")

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import ConfigError, HubError, InputError
-from recycled_datasets.hub.cards import render_card
+from recycled_datasets.hub.cards import MODEL_TEMPLATE, render_card
+from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.hub.publish import PushResult, _endpoint, check_repo_id, ensure_repo, hub_errors, resolve_token
 
 logger = logging.getLogger(__name__)
 
 FINETUNE_FILE = "srecycle_finetune.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Trainer leftovers that are not part of a usable model (resume state, pickled arguments, nested checkpoints).
 _SKIP_FILES = re.compile(
     r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|training_args\.bin|trainer_state\.json)$"
@@ -59,7 +59,7 @@ class FinetuneInfo:
     @property
     def dataset_on_hub(self) -> bool:
         """A Hub id (ORG/NAME) goes into the ``datasets`` metadata; a local folder only into the text."""
-        return bool(_HUB_ID.match(self.dataset)) and not Path(self.dataset).exists()
+        return is_repo_id(self.dataset) and not Path(self.dataset).exists()
 
 
 def read_finetune_info(checkpoint_dir: Path) -> FinetuneInfo:
@@ -79,34 +79,35 @@ def read_finetune_info(checkpoint_dir: Path) -> FinetuneInfo:
 
 
 def model_card_text(info: FinetuneInfo, evaluation: Any = None) -> str:
-    """The card of a checkpoint; ``evaluation`` (``evaluation.card.CardEvaluation``) adds a judge's results."""
-    metadata: dict[str, Any] = {
-        "base_model": info.base_model,
-        "base_model_relation": "finetune",
-    }
-    if info.dataset_on_hub:
-        metadata["datasets"] = [info.dataset]
-    metadata.update(
-        {
-            "license": info.license,
-            "language": ["en"],
-            "library_name": "transformers",
-            "pipeline_tag": "text-generation",
-            "tags": ["srecycled", "reflection-tuning", "instruction-tuning", "sft", f"student-{info.student}"],
-        }
+    """The card of a checkpoint; ``evaluation`` (``evaluation.card.CardEvaluation``) adds a judge's results, whose
+    ``EvalResult`` list becomes the card's ``model-index``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    indexed = evaluation is not None and bool(evaluation.eval_results)
+    card_data = ModelCardData(
+        base_model=info.base_model,
+        datasets=[info.dataset] if info.dataset_on_hub else None,  # a local folder goes only into the text
+        license=info.license,
+        language=["en"],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["srecycled", "reflection-tuning", "instruction-tuning", "sft", f"student-{info.student}"],
+        model_name=evaluation.model_name if indexed else None,
+        eval_results=list(evaluation.eval_results) if indexed else None,
+        base_model_relation="finetune",
     )
-    if evaluation is not None and evaluation.model_index:
-        metadata["model-index"] = evaluation.model_index
     columns = _eval_columns(info.eval_results or [])
-    return render_card(
-        "model_card.md.j2",
-        metadata,
+    card = render_card(
+        ModelCard,
+        card_data,
+        MODEL_TEMPLATE,
         info=info,
         evaluation=evaluation,
         hyperparameters=sorted(info.hyperparameters.items()),
         eval_columns=columns,
         eval_rows=[[_cell(r.get(c)) for c in columns] for r in info.eval_results or []],
     )
+    return str(card)
 
 
 def write_model_card(checkpoint_dir: Path) -> Path:

@@ -30,14 +30,11 @@ from recycled_datasets.hub.tree import (
     REPORT_FILE,
     ConfigEntry,
     ExistingRelease,
-    ReleaseTree,
     build_tree,
     config_prefixes,
 )
 
 logger = logging.getLogger(__name__)
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 @dataclass(frozen=True)
@@ -65,10 +62,10 @@ def check_tag(tag: str | None) -> str | None:
 
 
 def check_repo_id(repo_id: str) -> str:
-    """Repos are always ORG/NAME here: a bare name would land in whichever account the token belongs to."""
-    if not _REPO_ID.match(repo_id or ""):
-        raise ConfigError(f"--repo must look like ORG/NAME, got '{repo_id}'")
-    return repo_id
+    """``--repo`` is always ORG/NAME: a bare name would land in whichever account the token belongs to."""
+    from recycled_datasets.hub.ids import check_repo_id as check
+
+    return check(repo_id, what="--repo (ORG/NAME)")
 
 
 def resolve_token(token: str | None) -> str:
@@ -102,9 +99,10 @@ def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint:
     try:
         yield
     except RevisionNotFoundError as exc:
-        raise HubError(_mask(f"{action} {repo_id}: revision not found ({_server_message(exc)})", token)) from exc
+        message = f"{action} {repo_id}: revision not found ({_server_message(exc)})"
+        raise HubError(_mask(message, token), status=_status(exc)) from exc
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
+        status = _status(exc)
         detail = _server_message(exc)
         if status == 401:
             message = (
@@ -126,7 +124,7 @@ def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint:
             message = f"{action} {repo_id}: the repo changed while this push was being prepared (HTTP 412); rerun it"
         else:
             message = f"{action} {repo_id}: the Hub answered HTTP {status} ({detail}); nothing was changed, rerun it"
-        raise HubError(_mask(message, token)) from exc
+        raise HubError(_mask(message, token), status=status) from exc
     except (httpx2.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
         raise HubError(
             _mask(
@@ -134,6 +132,10 @@ def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint:
                 token,
             )
         ) from exc
+
+
+def _status(exc) -> int | None:
+    return exc.response.status_code if exc.response is not None else None
 
 
 def _server_message(exc: Exception) -> str:
@@ -205,19 +207,6 @@ def push_release(
         added=tree.files,
         deleted=tuple(stale),
     )
-
-
-def write_to_dir(
-    *, workdir: Path, dest: Path, students: Sequence[str] | None = None, repo_id: str | None, force: bool = False
-) -> ReleaseTree:
-    """``--to-dir``: the same tree a push would commit, with no network.
-
-    ``dest`` must be new, empty or a release folder this project wrote (its manifest lists every file in it);
-    ``force`` replaces any other folder except a filesystem root or the home folder.
-    """
-    if repo_id is not None:
-        check_repo_id(repo_id)
-    return build_tree(Path(workdir), Path(dest), students=students, repo_id=repo_id, force=force)
 
 
 def ensure_repo(api, repo_id: str, repo_type: str, *, private: bool):
@@ -294,5 +283,4 @@ __all__ = [
     "hub_errors",
     "push_release",
     "resolve_token",
-    "write_to_dir",
 ]

@@ -170,7 +170,9 @@ def _write_tree(
     work: _Workdir, dest: Path, existing: ExistingRelease | None, repo_id: str | None
 ) -> tuple[list[ConfigEntry], dict[str, ConfigEntry]]:
     """Every file of the release into the empty folder ``dest``; returns the card's configs and the pushed ones."""
-    from recycled_datasets.hub.cards import render_card
+    from huggingface_hub import DatasetCard
+
+    from recycled_datasets.hub.cards import DATASET_TEMPLATE, render_card
     from recycled_datasets.hub.plots import write_plots
 
     entries: dict[str, ConfigEntry] = {}
@@ -222,18 +224,18 @@ def _write_tree(
     loadable = [c for c in configs if not c.empty]
     default = loadable[0].name  # the first student with rows, else reflections (always loadable)
     card = render_card(
-        "dataset_card.md.j2",
-        _card_metadata(work.meta, loadable, default, repo_id),
+        DatasetCard,
+        _card_metadata(work.meta, loadable, default),
+        DATASET_TEMPLATE,
         repo_id=repo_id or "ORG/NAME",
         repo_id_known=repo_id is not None,
-        pretty_name=_pretty_name(work.meta),
         meta=work.meta,
         default_config=default,
         students=[c for c in configs if c.name not in (REFLECTIONS_CONFIG, SCORES_CONFIG)],
         reflections=next(c for c in configs if c.name == REFLECTIONS_CONFIG),
         variants=VARIANTS,
     )
-    (dest / "README.md").write_text(card, encoding="utf-8")
+    (dest / "README.md").write_text(str(card), encoding="utf-8")
 
     return configs, entries
 
@@ -321,17 +323,20 @@ def _merge_configs(existing: ExistingRelease | None, new: Mapping[str, ConfigEnt
     return students + [c for c in merged if c.name == REFLECTIONS_CONFIG]
 
 
-def _card_metadata(meta: Mapping[str, Any], configs: Sequence[ConfigEntry], default: str, repo_id: str | None):
-    largest = max(c.rows for c in configs)
-    return {
-        "license": meta["license"],
-        "pretty_name": _pretty_name(meta),
-        "language": ["en"],
-        "task_categories": ["text-generation"],
-        "size_categories": [_size_category(largest)],
-        "source_datasets": [_source_dataset(meta["source"])],
-        "tags": ["instruction-tuning", "reflection-tuning", "data-selection", "ifd", "synthetic", "srecycled"],
-        "configs": [
+def _card_metadata(meta: Mapping[str, Any], configs: Sequence[ConfigEntry], default: str):
+    """The card's front matter: ``configs`` (one per loadable config, the default flagged) and ``dataset_info`` let
+    ``load_dataset(repo, config)`` work with no code; the rest is what the Hub indexes."""
+    from huggingface_hub import DatasetCardData
+
+    return DatasetCardData(
+        license=meta["license"],
+        pretty_name=_pretty_name(meta),
+        language=["en"],
+        task_categories=["text-generation"],
+        size_categories=[_size_category(max(c.rows for c in configs))],
+        source_datasets=[_source_dataset(meta["source"])],
+        tags=["instruction-tuning", "reflection-tuning", "data-selection", "ifd", "synthetic", "srecycled"],
+        configs=[
             {
                 "config_name": c.name,
                 "data_files": [{"split": "train", "path": c.data_files or f"{c.name}/train-*"}],
@@ -339,8 +344,8 @@ def _card_metadata(meta: Mapping[str, Any], configs: Sequence[ConfigEntry], defa
             }
             for c in configs
         ],
-        "dataset_info": [c.info for c in configs],
-    }
+        dataset_info=[c.info for c in configs],
+    )
 
 
 _KNOWN_SOURCES = (

@@ -1,0 +1,1 @@
+"""Card templates (Jinja), installed as ``recycled_datasets.model_cards`` (see pyproject.toml)."""
