@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from teacher_server import Faults, TeacherServer, realistic_reply
+from teacher_server import reflect_config as config
 
 from recycled_datasets.errors import ConfigError, Rejected, TeacherError
 from recycled_datasets.records import STATUS_OK, assign_ids
@@ -33,22 +34,6 @@ def first_ask_garbled(user_text: str, temperature: float) -> str:
     if "capital of Australia" in user_text and "[New Instruction]" in user_text and temperature == 0:
         return "I would rather not follow the format."
     return realistic_reply(user_text, temperature)
-
-
-def config(url: str, store: Path, **changes) -> ReflectConfig:
-    values = dict(
-        teacher=url,
-        store_dir=store,
-        max_new_tokens=200,
-        backoff_base=0.005,
-        backoff_max=0.05,
-        timeout=5.0,
-        health_timeout=5.0,
-        durable=False,
-        progress=False,
-    )
-    values.update(changes)
-    return ReflectConfig(**values)
 
 
 def stored_keys(store_dir: Path, teacher: str, prompt_version: str) -> set[str]:

@@ -9,8 +9,8 @@ from teacher_server import Faults, TeacherServer, realistic_reply
 
 from recycled_datasets.pipeline import ensure_reflections, reflections_path
 from recycled_datasets.records import STATUS_FELL_BACK, STATUS_OK, assign_ids
-from recycled_datasets.workdir.files import digest_path
 from recycled_datasets.teacher.gates import GateConfig
+from recycled_datasets.workdir.files import digest_path
 
 ROWS = assign_ids(
     [

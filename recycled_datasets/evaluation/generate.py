@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -316,7 +317,7 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
     from recycled_datasets.teacher.client import HttpTeacher
     from recycled_datasets.teacher.config import Sampling
     from recycled_datasets.teacher.prompts import load_prompts
-    from recycled_datasets.teacher.run import TeacherRun, first_user_error
+    from recycled_datasets.teacher.run import TeacherRun
     from recycled_datasets.teacher.transport import RetryPolicy, split_urls
     from recycled_datasets.templates import render_prompt
 
@@ -334,33 +335,25 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
     sampling = Sampling(max_new_tokens=config.max_new_tokens)  # greedy, and asked once
     run = TeacherRun(teacher, store, load_prompts(version=GENERATE_VERSION), meter, sampling=sampling)
     answers: list[tuple[str, int | None, str | None] | None] = [None] * len(questions)
-    try:
-        await teacher.begin()
 
-        def text_of(q: Question) -> str:
-            # chat: the server's own chat template wraps the question; generate: the exact template text.
-            return q.instruction if config.api == "chat" else render_prompt(template, q.instruction)
+    def text_of(q: Question) -> str:
+        # chat: the server's own chat template wraps the question; generate: the exact template text.
+        return q.instruction if config.api == "chat" else render_prompt(template, q.instruction)
 
-        async def one(i: int, q: Question) -> None:
-            try:
-                text, finish = await run.ask(text_of(q), 0)
-            except Rejected as e:
-                raise TeacherError(
-                    f"{q.test_set} question {q.id}: the server refused it for good ({e.reason}); raise the "
-                    "server's input limit or leave the question out"
-                ) from e
-            payload = teacher.prepare(text_of(q), max_new_tokens=config.max_new_tokens, temperature=0.0, seed=0)
-            stored = store.get(request_key(teacher.cache_id, GENERATE_VERSION, payload))
-            answers[i] = (text.strip(), stored.completion_tokens if stored else None, finish)
+    async def one(i: int, q: Question) -> None:
+        try:
+            text, finish = await run.ask(text_of(q), 0)
+        except Rejected as e:
+            raise TeacherError(
+                f"{q.test_set} question {q.id}: the server refused it for good ({e.reason}); raise the "
+                "server's input limit or leave the question out"
+            ) from e
+        payload = teacher.prepare(text_of(q), max_new_tokens=config.max_new_tokens, temperature=0.0, seed=0)
+        stored = store.get(request_key(teacher.cache_id, GENERATE_VERSION, payload))
+        answers[i] = (text.strip(), stored.completion_tokens if stored else None, finish)
 
-        async with asyncio.TaskGroup() as group:
-            for i, q in enumerate(questions):
-                group.create_task(one(i, q))
-    except BaseExceptionGroup as group_error:
-        raise first_user_error(group_error) from group_error
-    finally:
-        await teacher.close()
-        run.close()
+    async with run.begun():
+        await run.each(functools.partial(one, i, q) for i, q in enumerate(questions))
     return answers, run.stats.cached, teacher.teacher_id, template
 
 

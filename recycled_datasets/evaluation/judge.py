@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -301,7 +302,7 @@ async def _review(run: Any, pair: Pair, swapped: bool, stats: JudgeStats) -> Rev
 async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tuple[str, Any]:
     from recycled_datasets.teacher.config import make_teacher
     from recycled_datasets.teacher.prompts import load_prompts
-    from recycled_datasets.teacher.run import TeacherRun, first_user_error
+    from recycled_datasets.teacher.run import TeacherRun
     from recycled_datasets.teacher.store import AnswerStore
 
     teacher_config = config.reflect_config()
@@ -311,30 +312,16 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
     stats = JudgeStats()
     with AnswerStore.open(teacher_config.store_dir) as store:
         run = TeacherRun(teacher, store, prompts, meter, sampling=teacher_config.sampling)
-        try:
-            await teacher.begin()
-            in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
 
-            async def one(pair: Pair, swapped: bool) -> None:
-                try:
-                    review = await _review(run, pair, swapped, stats)
-                    if swapped:
-                        pair.second = review
-                    else:
-                        pair.first = review
-                finally:
-                    in_flight.release()
+        async def review(pair: Pair, swapped: bool) -> None:
+            result = await _review(run, pair, swapped, stats)
+            if swapped:
+                pair.second = result
+            else:
+                pair.first = result
 
-            async with asyncio.TaskGroup() as group:
-                for pair in pairs:
-                    for swapped in (False, True):
-                        await in_flight.acquire()
-                        group.create_task(one(pair, swapped))
-        except BaseExceptionGroup as group_error:
-            raise first_user_error(group_error) from group_error
-        finally:
-            await teacher.close()
-            run.close()
+        async with run.begun():
+            await run.each(functools.partial(review, pair, swapped) for pair in pairs for swapped in (False, True))
     run.count_into(stats)
     return teacher.teacher_id, stats
 

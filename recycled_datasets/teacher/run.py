@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -140,6 +141,40 @@ class TeacherRun:
 
     def close(self) -> None:
         self._io.shutdown(wait=True)
+
+    @contextlib.asynccontextmanager
+    async def begun(self, memory: AnswerStore | None = None) -> AsyncIterator[None]:
+        """The teacher's one handshake (``memory``: a store that may remember it), and at the end, however the
+        body ends, the teacher closed and the last answer committed."""
+        try:
+            # Inside the try: a server that never gets healthy or refuses the token must not leave the
+            # connection pools that the handshake opened behind.
+            started = time.monotonic()
+            await self.teacher.begin(memory)
+            self.stats.setup_seconds = round(time.monotonic() - started, 3)
+            yield
+        finally:
+            await self.teacher.close()
+            self.close()  # waits for the last commit before the store closes
+
+    async def each(self, jobs: Iterable[Callable[[], Awaitable[None]]]) -> None:
+        """Await every job, about twice the teacher's window of them under way at once (a row of the reflect
+        stage has one or two calls waiting at a time); the first error the user can act on ends them all."""
+        in_flight = asyncio.Semaphore(max(4, 2 * self.teacher.window))
+
+        async def one(job: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await job()
+            finally:
+                in_flight.release()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for job in jobs:
+                    await in_flight.acquire()
+                    group.create_task(one(job))
+        except BaseExceptionGroup as group_error:
+            raise first_user_error(group_error) from group_error
 
     def count_into(self, stats: Any) -> None:
         """Copy the call counters (sent with retries, retries by reason, answers from the store) into ``stats``."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from recycled_datasets.teacher.base import Teacher
 from recycled_datasets.teacher.config import ReflectConfig, is_local, make_teacher
 from recycled_datasets.teacher.local import LocalTeacher, local_model_key
 from recycled_datasets.teacher.prompts import PromptSet, load_prompts
-from recycled_datasets.teacher.run import ProgressMeter, ReflectStats, TeacherRun, first_user_error
+from recycled_datasets.teacher.run import ProgressMeter, ReflectStats, TeacherRun
 from recycled_datasets.teacher.store import AnswerStore
 from recycled_datasets.teacher.variants import reflections_table
 
@@ -105,31 +106,13 @@ async def _run_all(
             resend_rejected=planning and config.retry_rejected,
         )
         records: list[dict[str, Any] | None] = [None] * len(rows)
-        try:
-            # Inside the try: a server that never gets healthy or refuses the token must not leave the
-            # connection pools that the handshake opened behind.
-            started = time.monotonic()
-            await teacher.begin(store)
-            run.stats.setup_seconds = round(time.monotonic() - started, 3)
+
+        async def reflect(i: int, row: SourceRow) -> None:
+            records[i] = await run.row(row)
+
+        async with run.begun(store):
             _check_expected(expect, teacher, prompts, len(rows))
-            # Enough rows under way to keep the window full (each row has one or two calls waiting at a time).
-            rows_in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
-
-            async def one(i: int, row: SourceRow) -> None:
-                try:
-                    records[i] = await run.row(row)
-                finally:
-                    rows_in_flight.release()
-
-            async with asyncio.TaskGroup() as group:
-                for i, row in enumerate(rows):
-                    await rows_in_flight.acquire()
-                    group.create_task(one(i, row))
-        except BaseExceptionGroup as group_error:
-            raise first_user_error(group_error) from group_error
-        finally:
-            await teacher.close()
-            run.close()  # waits for the last commit before the store closes
+            await run.each(functools.partial(reflect, i, row) for i, row in enumerate(rows))
     return [r for r in records if r is not None], run
 
 

@@ -260,42 +260,22 @@ async def read_info(http: Any, url: str, *, timeout: float) -> tuple[dict[str, A
 async def send(client: Any, payload: dict[str, Any], *, model: str) -> Reply:
     """One attempt at a prepared request through the Hub client: the chat route or TGI's generate route."""
     if payload["api"] == "chat":
-        out = await client.chat_completion(
-            payload["messages"],
-            model=model,
-            max_tokens=payload["max_tokens"],
-            temperature=payload["temperature"],
-            seed=payload["seed"],
-        )
+        settings = {name: payload[name] for name in ("max_tokens", "temperature", "seed")}
+        out = await client.chat_completion(payload["messages"], model=model, **settings)
         choices = getattr(out, "choices", None)
         if not choices or getattr(choices[0], "message", None) is None or choices[0].message.content is None:
             raise _Malformed("the chat completion has no message content")
         usage = getattr(out, "usage", None)
-        return Reply(
-            text=choices[0].message.content,
-            finish_reason=choices[0].finish_reason,
-            prompt_tokens=getattr(usage, "prompt_tokens", None),
-            completion_tokens=getattr(usage, "completion_tokens", None),
-        )
-    out = await client.text_generation(
-        payload["inputs"],
-        details=True,
-        max_new_tokens=payload["max_new_tokens"],
-        do_sample=payload["do_sample"],
-        temperature=payload["temperature"],
-        seed=payload["seed"],
-        return_full_text=False,
-    )
-    text = getattr(out, "generated_text", None)
-    if text is None:
+        text, finish = choices[0].message.content, choices[0].finish_reason
+        return Reply(text, finish, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    settings = {name: payload[name] for name in ("max_new_tokens", "do_sample", "temperature", "seed")}
+    out = await client.text_generation(payload["inputs"], details=True, return_full_text=False, **settings)
+    if getattr(out, "generated_text", None) is None:
         raise _Malformed("the generation has no generated_text")
     details = getattr(out, "details", None)
-    return Reply(
-        text=text,
-        finish_reason=getattr(details, "finish_reason", None),
-        prompt_tokens=payload.get("prompt_tokens"),
-        completion_tokens=getattr(details, "generated_tokens", None),
-    )
+    # The details name no prompt length: the count prepare() made stands in for it.
+    finish, generated = getattr(details, "finish_reason", None), getattr(details, "generated_tokens", None)
+    return Reply(out.generated_text, finish, payload.get("prompt_tokens"), generated)
 
 
 @dataclass(frozen=True, slots=True)
