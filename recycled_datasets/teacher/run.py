@@ -133,7 +133,7 @@ class TeacherRun:
         self.resend_rejected = resend_rejected
         self.calls = CallStats()
         self.stats = ReflectStats()
-        self.stored: set[str] = set()  # keys answered from the store
+        self.stored: set[str] = set()  # planning: the keys answered from the store
         self.unsent = Unsent()
         self.scaffold = prompts.scaffold()
         self._inflight: dict[str, asyncio.Future[tuple[str, str | None]]] = {}
@@ -231,7 +231,8 @@ class TeacherRun:
         stored = await self._store(self.store.get, key)
         if stored is not None and not (self.resend_rejected and stored.status == ANSWER_REJECTED):
             self.stats.cached += 1
-            self.stored.add(key)
+            if self.planning:
+                self.stored.add(key)
             if stored.status == ANSWER_REJECTED:
                 raise Rejected(stored.error or "refused by the teacher")
             return stored.text or "", stored.finish_reason
