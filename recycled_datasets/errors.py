@@ -36,6 +36,17 @@ class TeacherError(RecycledError):
     """The teacher server is unreachable, misconfigured, or refused the work."""
 
 
+class Rejected(TeacherError):
+    """The teacher refused one request for good (e.g. HTTP 422: prompt too long); resending cannot help.
+
+    The reflect stage records it for its variant and goes on; it stops a run only where nothing records it.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class StoreError(RecycledError):
     """A work store (teacher answers, score shards) is corrupt or belongs to a different job."""
 

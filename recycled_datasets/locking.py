@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from recycled_datasets.errors import LockError
+from recycled_datasets.errors import LockError, RecycledError
 
 LOCK_NAME = ".srecycle.lock"
 
@@ -59,17 +59,23 @@ def _describe(path: Path) -> str:
     return "another srecycle process"
 
 
+def make_folder(folder: Path, *, what: str, error: type[RecycledError] = LockError) -> Path:
+    """``folder``, made with its parents where absent; one that cannot be made is an ``error`` naming ``what``."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot create {what} {folder} ({e.strerror})") from e
+    return folder
+
+
 @contextlib.contextmanager
 def locked(folder: Path, *, what: str, shared: bool = False, name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if absent) for the body; ``what`` names the folder in the error.
 
     ``name`` picks another lock file in the folder (one output file among others, e.g. a score output).
     """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LockError(f"cannot create {what} {folder} ({e.strerror})") from e
+    folder = make_folder(folder, what=what)
     path = folder / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 OK = "ok"  # a normal answer was delivered
@@ -422,6 +423,76 @@ class Lognormal:
         import math
 
         return rng.lognormvariate(math.log(self.median), self.sigma)
+
+
+# ---- helpers for the tests that run against this server -------------------------------------------------------
+
+
+def reflect_config(url: str, store: Path, **changes: Any) -> Any:
+    """A ``ReflectConfig`` for this server: quick retries and timeouts, no fsync, no progress bar."""
+    from recycled_datasets.teacher import ReflectConfig
+
+    values: dict[str, Any] = dict(
+        teacher=url,
+        store_dir=store,
+        max_new_tokens=200,
+        backoff_base=0.005,
+        backoff_max=0.05,
+        timeout=5.0,
+        health_timeout=5.0,
+        durable=False,
+        progress=False,
+    )
+    values.update(changes)
+    return ReflectConfig(**values)
+
+
+def stored_count(store: Path) -> int:
+    """Answers in the store folder right now, read without a lock while another process may be writing."""
+    import sqlite3
+
+    path = store / "answers.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0) as db:
+            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+    except sqlite3.OperationalError:  # the table is not created yet
+        return 0
+
+
+def kill_once_stored(command: list[str], store: Path, count: int, *, env: dict[str, str]) -> None:
+    """Run ``command`` and kill it (SIGKILL) as soon as ``store`` holds ``count`` answers, within two minutes."""
+    import signal
+    import subprocess
+
+    victim = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 120
+    try:
+        while stored_count(store) < count:
+            assert victim.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no answers stored in time"
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(timeout=30)
+
+
+def one_line_cli_error(capsys: Any, args: list[str]) -> str:
+    """The error ``srecycle ARGS`` prints, checked to be one line with exit code 2."""
+    import pytest
+
+    from recycled_datasets.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def _serve_forever() -> None:

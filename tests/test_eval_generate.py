@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import SHARED_DATA
-from teacher_server import Faults, TeacherServer
+from teacher_server import Faults, TeacherServer, one_line_cli_error
 
 from recycled_datasets.cli import main
 from recycled_datasets.evaluation.generate import ANSWER_COLUMNS
@@ -84,39 +84,30 @@ def test_answers_from_a_server_in_the_models_own_format_then_none_again(tmp_path
         assert pl.read_parquet(out).equals(table)
 
 
-def _error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_bad_generate_input_is_a_one_line_error(tmp_path, capsys):
     out = ["--output", str(tmp_path / "a.parquet")]
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "holds no .json, .jsonl or .parquet" in _error(
+    assert "holds no .json, .jsonl or .parquet" in one_line_cli_error(
         capsys, ["generate", "smollm2-135m", "--test-sets", str(empty), *out]
     )
 
     bad = _jsonl(tmp_path / "bad_test_set.jsonl", [{"text": "ok?"}, {"question": ""}, {"answer": "no question"}])
-    assert "bad_test_set.jsonl, row 2, field 'question'" in _error(
+    assert "bad_test_set.jsonl, row 2, field 'question'" in one_line_cli_error(
         capsys, ["generate", "smollm2-135m", "--test-sets", str(bad), *out]
     )
     good = _jsonl(tmp_path / "good.jsonl", [{"text": "ok?"}])
-    err = _error(
+    err = one_line_cli_error(
         capsys,
         ["generate", "--server", "http://127.0.0.1:9/v1", "--template", "alpaca", "--test-sets", str(good), *out],
     )
     assert "--api generate" in err
     # TGI's route sends the exact prompt text, so it needs a plain template (the chat one needs the tokenizer).
     server = ["generate", "--server", "http://127.0.0.1:9", "--api", "generate", "--test-sets", str(good), *out]
-    assert "give --template" in _error(capsys, server)
-    assert "give --template" in _error(capsys, [*server, "--template", "chat"])
+    assert "give --template" in one_line_cli_error(capsys, server)
+    assert "give --template" in one_line_cli_error(capsys, [*server, "--template", "chat"])
     assert not (tmp_path / "a.parquet").exists()
-    assert "must end in .parquet" in _error(
+    assert "must end in .parquet" in one_line_cli_error(
         capsys, ["generate", "smollm2-135m", "--test-sets", str(good), "--output", str(tmp_path / "a.csv")]
     )
 
@@ -203,5 +194,5 @@ def test_a_checkpoint_trained_further_in_its_folder_is_answered_again(tmp_path, 
 def test_a_prompt_that_leaves_no_room_for_the_answer_is_a_one_line_error(tmp_path, tiny_model, capsys):
     tests = _jsonl(tmp_path / "long_test_set.jsonl", [{"text": "Short?"}, {"id": "q2", "text": "word " * 300}])
     args = ["generate", str(tiny_model), "--test-sets", str(tests), "--max-new-tokens", "1900"]
-    err = _error(capsys, [*args, "--output", str(tmp_path / "a.parquet")])
+    err = one_line_cli_error(capsys, [*args, "--output", str(tmp_path / "a.parquet")])
     assert "long question q2" in err and "2048-token context" in err

@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
-from teacher_server import Faults, TeacherServer, payload_content_key
+from teacher_server import (
+    Faults,
+    TeacherServer,
+    kill_once_stored,
+    one_line_cli_error,
+    payload_content_key,
+)
 
 from recycled_datasets.cli import main
 from recycled_datasets.evaluation.judge import (
@@ -212,35 +215,13 @@ def test_scripted_judge_with_429s_counts_what_the_script_says(tmp_path, capsys):
         assert json.loads((out / RESULTS_FILE).read_text())["requests"]["from_store"] == DISTINCT_REQUESTS
 
 
-def _stored(store: Path) -> int:
-    path = store / "answers.sqlite"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0) as db:
-            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
-    except sqlite3.OperationalError:  # the table is not there yet
-        return 0
-
-
 def test_kill_9_halfway_then_the_rerun_resends_nothing_stored(tmp_path):
     a, b = write_answers(tmp_path)
     out = tmp_path / "eval"
     env = {**os.environ, "SRECYCLE_QUIET": "1"}
     faults = Faults(p429=0.2, latency=0.3, reply=scripted_reply, seed=3)
     with TeacherServer(model="fixture/judge-70b", max_concurrent_requests=2, faults=faults) as srv:
-        victim = subprocess.Popen(CLI + judge_args(a, b, srv.v1, out), env=env)
-        deadline = time.monotonic() + 120
-        try:
-            while _stored(out / "judge") < DISTINCT_REQUESTS // 2:
-                assert victim.poll() is None, "the judge run ended before it could be killed"
-                assert time.monotonic() < deadline, "no verdicts stored in time"
-                time.sleep(0.02)
-            victim.send_signal(signal.SIGKILL)
-            assert victim.wait(timeout=30) == -signal.SIGKILL
-        finally:
-            if victim.poll() is None:
-                victim.kill()
+        kill_once_stored(CLI + judge_args(a, b, srv.v1, out), out / "judge", DISTINCT_REQUESTS // 2, env=env)
         assert not (out / RESULTS_FILE).exists()
         with AnswerStore.open(out / "judge") as store:
             stored = {payload_content_key(request) for _, request in store.requests()}
@@ -259,34 +240,25 @@ def test_kill_9_halfway_then_the_rerun_resends_nothing_stored(tmp_path):
 # ---- bad input -----------------------------------------------------------------------------------------------
 
 
-def _one_line_error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_bad_answer_files_are_one_line_errors(tmp_path, capsys):
     a, b = write_answers(tmp_path)
     judge = ["--judge", "http://127.0.0.1:9/v1", "--output", str(tmp_path / "eval")]  # never reached
 
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"test_set": "lima", "instruction": "Something else.", "output": "x"}) + "\n")
-    err = _one_line_error(capsys, ["judge", str(a), str(other), *judge])
+    err = one_line_cli_error(capsys, ["judge", str(a), str(other), *judge])
     assert "share no question" in err
 
     no_output = tmp_path / "no_output.jsonl"
     no_output.write_text(json.dumps({"test_set": "vicuna", "instruction": question("vicuna", 0)}) + "\n")
-    err = _one_line_error(capsys, ["judge", str(a), str(no_output), *judge])
+    err = one_line_cli_error(capsys, ["judge", str(a), str(no_output), *judge])
     assert "no_output.jsonl, row 1, field 'output': missing column" in err
 
     empty = tmp_path / "empty.parquet"
     empty.write_bytes(b"")
-    err = _one_line_error(capsys, ["judge", str(empty), str(b), *judge])
+    err = one_line_cli_error(capsys, ["judge", str(empty), str(b), *judge])
     assert "empty.parquet: the file is empty" in err
 
-    err = _one_line_error(capsys, ["judge", str(a), str(b), *judge, "--test-sets", "wizardlm"])
+    err = one_line_cli_error(capsys, ["judge", str(a), str(b), *judge, "--test-sets", "wizardlm"])
     assert "wizardlm" in err
     assert not (tmp_path / "eval" / RESULTS_FILE).exists()

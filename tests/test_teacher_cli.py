@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
-from teacher_server import Faults, TeacherServer, payload_content_key
+from teacher_server import Faults, TeacherServer, kill_once_stored, payload_content_key
 
 from recycled_datasets.cli import main
 from recycled_datasets.records import REFLECTION_COLUMNS, STATUS_OK
@@ -71,17 +68,6 @@ def test_cli_refuses_bad_options_with_one_line(tmp_path, capsys):
     assert "must end in .parquet" in capsys.readouterr().err
 
 
-def _stored_count(store: Path) -> int:
-    path = store / "answers.sqlite"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0) as db:
-            return int(db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
-    except sqlite3.OperationalError:  # the table is not created yet
-        return 0
-
-
 def test_kill_9_mid_run_then_rerun_gives_the_same_table_and_repeats_no_stored_request(tmp_path):
     src = write_source(tmp_path / "src.json", 12)
     env = {**os.environ, "SRECYCLE_QUIET": "1"}
@@ -99,18 +85,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_table_and_repeats_no_stored_re
         # The same run, killed with SIGKILL once some answers are stored and others are in flight.
         srv.reset_log()
         store, out = tmp_path / "store", tmp_path / "out.parquet"
-        victim = subprocess.Popen(CLI + reflect_args(src, srv.url, out, store), env=env)
-        deadline = time.monotonic() + 120
-        try:
-            while _stored_count(store) < 8:
-                assert victim.poll() is None, "the run ended before it could be killed"
-                assert time.monotonic() < deadline, "no answers stored in time"
-                time.sleep(0.02)
-            victim.send_signal(signal.SIGKILL)
-            assert victim.wait(timeout=30) == -signal.SIGKILL
-        finally:
-            if victim.poll() is None:
-                victim.kill()
+        kill_once_stored(CLI + reflect_args(src, srv.url, out, store), store, 8, env=env)
         assert not out.exists()
         with AnswerStore.open(store) as answers:
             stored_before = {payload_content_key(request) for _, request in answers.requests()}

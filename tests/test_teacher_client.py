@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from recycled_datasets.errors import ConfigError
-from recycled_datasets.teacher.client import RetryPolicy, _retry_after, split_urls, teacher_token
+from recycled_datasets.teacher.transport import RetryPolicy, _retry_after, split_urls, teacher_token
 
 
 class _Response:

@@ -16,7 +16,7 @@ from recycled_datasets.teacher.gates import (
     reason_counts,
 )
 from recycled_datasets.teacher.prompts import BETTER_ANSWER, NEW_ANSWER, default_prompts
-from recycled_datasets.teacher.stage import Judge, parse_instruction_reply, parse_response_reply
+from recycled_datasets.teacher.replies import Judge, parse_instruction_reply, parse_response_reply
 
 PROMPTS = default_prompts()
 SCAFFOLD = PROMPTS.scaffold()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import polars as pl
 import pytest
 from teacher_server import Faults, TeacherServer, payload_content_key
+from teacher_server import reflect_config as config
 
 from recycled_datasets.errors import TeacherError
 from recycled_datasets.records import (
@@ -18,7 +18,7 @@ from recycled_datasets.records import (
     STATUS_OK,
     assign_ids,
 )
-from recycled_datasets.teacher import AnswerStore, ReflectConfig, plan_rows, reflect_rows, teacher_identity
+from recycled_datasets.teacher import AnswerStore, plan_rows, reflect_rows, teacher_identity
 from recycled_datasets.teacher.prompts import DEFAULT_PROMPT_VERSION
 
 ROWS = assign_ids(
@@ -36,22 +36,6 @@ ROWS = assign_ids(
 def server() -> Iterator[TeacherServer]:
     with TeacherServer(max_concurrent_requests=4) as srv:
         yield srv
-
-
-def config(url: str, store: Path, **changes) -> ReflectConfig:
-    values = dict(
-        teacher=url,
-        store_dir=store,
-        max_new_tokens=200,
-        backoff_base=0.005,
-        backoff_max=0.05,
-        timeout=5.0,
-        health_timeout=5.0,
-        durable=False,
-        progress=False,
-    )
-    values.update(changes)
-    return ReflectConfig(**values)
 
 
 def test_four_variants_per_row_in_source_order_and_rerun_sends_nothing(server, tmp_path):

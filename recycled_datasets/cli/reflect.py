@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from recycled_datasets.cli.options import Gate, GateOff, MaxNewTokens, Quiet, SkipInvalid, Teacher
+
+if TYPE_CHECKING:
+    from recycled_datasets.teacher import ReflectPlan, ReflectResult
 
 
 def reflect(
@@ -83,8 +86,6 @@ def reflect(
     setup_logging(quiet=quiet)
     set_quiet(quiet)
 
-    from rich.table import Table
-
     from recycled_datasets.errors import ConfigError
     from recycled_datasets.safety import check_distinct
     from recycled_datasets.stages.reflect import reflections_meta
@@ -117,19 +118,8 @@ def reflect(
         gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)
-    table = Table(title="srecycle reflect" + (" (dry run)" if dry_run else ""), show_header=False)
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
     if dry_run:
-        plan = plan_rows(source.rows, config)
-        table.add_row("rows", str(plan.rows))
-        table.add_row("teacher", plan.teacher_id)
-        table.add_row("prompt version", plan.prompt_version)
-        table.add_row("calls to send", str(plan.calls))
-        table.add_row("answers already stored", str(plan.cached) if plan.cache_checked else "not checked")
-        table.add_row("prompt tokens (estimate)", f"~{plan.prompt_tokens:,}")
-        table.add_row("output tokens (at most)", f"{plan.max_output_tokens:,}")
-        console().print(table)
+        console().print(_plan_table(plan_rows(source.rows, config)))
         return
 
     from recycled_datasets.chat import with_context
@@ -152,6 +142,32 @@ def reflect(
                 max_new_tokens=config.output_budget,
             ),
         )
+    console().print(_result_table(result, output))
+
+
+def _table(title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    return table
+
+
+def _plan_table(plan: ReflectPlan) -> Any:
+    table = _table("srecycle reflect (dry run)")
+    table.add_row("rows", str(plan.rows))
+    table.add_row("teacher", plan.teacher_id)
+    table.add_row("prompt version", plan.prompt_version)
+    table.add_row("calls to send", str(plan.calls))
+    table.add_row("answers already stored", str(plan.cached) if plan.cache_checked else "not checked")
+    table.add_row("prompt tokens (estimate)", f"~{plan.prompt_tokens:,}")
+    table.add_row("output tokens (at most)", f"{plan.max_output_tokens:,}")
+    return table
+
+
+def _result_table(result: ReflectResult, output: Path) -> Any:
+    table = _table("srecycle reflect")
     sidecar = output.with_suffix(".json")
     stats = result.stats
     status_counts = {v: result.table.get_column(f"{v}_status").value_counts().rows() for v in ("ins", "res", "both")}
@@ -168,7 +184,7 @@ def reflect(
     table.add_row("tokens (prompt / output)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}")
     table.add_row("time", f"{stats.seconds:.1f} s")
     table.add_row("written", f"{output} (+ {sidecar.name})")
-    console().print(table)
+    return table
 
 
 def _reasons(reasons: dict[str, int]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recycled_datasets.errors import ConfigError, InputError, TeacherError
+from recycled_datasets.errors import ConfigError, InputError, Rejected, TeacherError
 from recycled_datasets.evaluation.testsets import Question, read_questions
 from recycled_datasets.teacher.store import ANSWER_OK, AnswerStore, request_key
 from recycled_datasets.workdir.files import arrow_schema, write_json, write_table
@@ -99,7 +100,7 @@ class GenerateConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.server is not None:
-            from recycled_datasets.teacher.client import APIS, split_urls
+            from recycled_datasets.teacher.transport import APIS, split_urls
 
             split_urls(self.server)
             if self.api not in APIS:
@@ -313,9 +314,11 @@ def _generate_local(config: GenerateConfig, questions: list[Question], store: An
 
 
 async def _generate_server(config: GenerateConfig, questions: list[Question], store: AnswerStore, meter: Any):
-    from recycled_datasets.teacher.client import HttpTeacher, Rejected, RetryPolicy, split_urls
+    from recycled_datasets.teacher.client import HttpTeacher
+    from recycled_datasets.teacher.config import Sampling
     from recycled_datasets.teacher.prompts import load_prompts
-    from recycled_datasets.teacher.stage import ReflectConfig, TeacherRun, first_user_error
+    from recycled_datasets.teacher.run import TeacherRun
+    from recycled_datasets.teacher.transport import RetryPolicy, split_urls
     from recycled_datasets.templates import render_prompt
 
     assert config.server is not None
@@ -329,52 +332,35 @@ async def _generate_server(config: GenerateConfig, questions: list[Question], st
         teacher_name=None if config.model is None else _label(config.model),
         raw_prompts=config.api == "generate",
     )
-    settings = ReflectConfig(
-        teacher=config.server,
-        store_dir=config.store_dir,
-        concurrency=config.batch_size,
-        max_new_tokens=config.max_new_tokens,
-        temperature=0.0,
-        api=config.api,
-        timeout=config.timeout,
-        max_retries=config.max_retries,
-    )
-    run = TeacherRun(settings, teacher, store, load_prompts(version=GENERATE_VERSION), meter)
+    sampling = Sampling(max_new_tokens=config.max_new_tokens)  # greedy, and asked once
+    run = TeacherRun(teacher, store, load_prompts(version=GENERATE_VERSION), meter, sampling=sampling)
     answers: list[tuple[str, int | None, str | None] | None] = [None] * len(questions)
-    try:
-        await teacher.start()
 
-        def text_of(q: Question) -> str:
-            # chat: the server's own chat template wraps the question; generate: the exact template text.
-            return q.instruction if config.api == "chat" else render_prompt(template, q.instruction)
+    def text_of(q: Question) -> str:
+        # chat: the server's own chat template wraps the question; generate: the exact template text.
+        return q.instruction if config.api == "chat" else render_prompt(template, q.instruction)
 
-        async def one(i: int, q: Question) -> None:
-            try:
-                text, finish = await run.ask(text_of(q), 0)
-            except Rejected as e:
-                raise TeacherError(
-                    f"{q.test_set} question {q.id}: the server refused it for good ({e.reason}); raise the "
-                    "server's input limit or leave the question out"
-                ) from e
-            payload = teacher.prepare(text_of(q), max_new_tokens=config.max_new_tokens, temperature=0.0, seed=0)
-            stored = store.get(request_key(teacher.cache_id, GENERATE_VERSION, payload))
-            answers[i] = (text.strip(), stored.completion_tokens if stored else None, finish)
+    async def one(i: int, q: Question) -> None:
+        try:
+            text, finish = await run.ask(text_of(q), 0)
+        except Rejected as e:
+            raise TeacherError(
+                f"{q.test_set} question {q.id}: the server refused it for good ({e.reason}); raise the "
+                "server's input limit or leave the question out"
+            ) from e
+        payload = teacher.prepare(text_of(q), max_new_tokens=config.max_new_tokens, temperature=0.0, seed=0)
+        stored = store.get(request_key(teacher.cache_id, GENERATE_VERSION, payload))
+        answers[i] = (text.strip(), stored.completion_tokens if stored else None, finish)
 
-        async with asyncio.TaskGroup() as group:
-            for i, q in enumerate(questions):
-                group.create_task(one(i, q))
-    except BaseExceptionGroup as group_error:
-        raise first_user_error(group_error) from group_error
-    finally:
-        await teacher.close()
-        run.close()
+    async with run.begun():
+        await run.each(functools.partial(one, i, q) for i, q in enumerate(questions))
     return answers, run.stats.cached, teacher.teacher_id, template
 
 
 def generate_answers(config: GenerateConfig) -> GenerateResult:
     """Answer every question of the test sets with the model; see the module doc."""
     from recycled_datasets.progress import progress
-    from recycled_datasets.teacher.stage import ProgressMeter
+    from recycled_datasets.teacher.run import ProgressMeter
 
     started = time.monotonic()
     questions = read_questions(config.test_sets, limit=config.limit)

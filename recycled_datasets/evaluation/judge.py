@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recycled_datasets.errors import ConfigError, InputError
+from recycled_datasets.errors import ConfigError, InputError, Rejected
 from recycled_datasets.evaluation.testsets import Answer
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class JudgeConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from recycled_datasets.teacher.stage import is_local
+        from recycled_datasets.teacher.config import is_local
 
         self.output_dir = Path(self.output_dir)
         self.store_dir = Path(self.store_dir) if self.store_dir is not None else self.output_dir / "judge"
@@ -159,7 +160,7 @@ class JudgeConfig:
 
     def reflect_config(self) -> Any:
         """The same settings as a teacher configuration: the judge runs through the teacher's code."""
-        from recycled_datasets.teacher.stage import ReflectConfig
+        from recycled_datasets.teacher.config import ReflectConfig
 
         return ReflectConfig(
             teacher=self.judge,
@@ -280,8 +281,6 @@ class JudgeRun:
 
 
 async def _review(run: Any, pair: Pair, swapped: bool, stats: JudgeStats) -> Review:
-    from recycled_datasets.teacher.client import Rejected
-
     answers = (pair.b.output, pair.a.output) if swapped else (pair.a.output, pair.b.output)
     prompt = judge_prompt(pair.instruction, *answers)
     text: str | None = None
@@ -301,8 +300,9 @@ async def _review(run: Any, pair: Pair, swapped: bool, stats: JudgeStats) -> Rev
 
 
 async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tuple[str, Any]:
+    from recycled_datasets.teacher.config import make_teacher
     from recycled_datasets.teacher.prompts import load_prompts
-    from recycled_datasets.teacher.stage import TeacherRun, first_user_error, make_teacher, start_teacher
+    from recycled_datasets.teacher.run import TeacherRun
     from recycled_datasets.teacher.store import AnswerStore
 
     teacher_config = config.reflect_config()
@@ -311,42 +311,25 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
     prompts = load_prompts(version=JUDGE_PROMPT_VERSION)
     stats = JudgeStats()
     with AnswerStore.open(teacher_config.store_dir) as store:
-        run = TeacherRun(teacher_config, teacher, store, prompts, meter)
-        try:
-            await start_teacher(teacher_config, teacher)
-            in_flight = asyncio.Semaphore(max(4, 2 * teacher.window))
+        run = TeacherRun(teacher, store, prompts, meter, sampling=teacher_config.sampling)
 
-            async def one(pair: Pair, swapped: bool) -> None:
-                try:
-                    review = await _review(run, pair, swapped, stats)
-                    if swapped:
-                        pair.second = review
-                    else:
-                        pair.first = review
-                finally:
-                    in_flight.release()
+        async def review(pair: Pair, swapped: bool) -> None:
+            result = await _review(run, pair, swapped, stats)
+            if swapped:
+                pair.second = result
+            else:
+                pair.first = result
 
-            async with asyncio.TaskGroup() as group:
-                for pair in pairs:
-                    for swapped in (False, True):
-                        await in_flight.acquire()
-                        group.create_task(one(pair, swapped))
-        except BaseExceptionGroup as group_error:
-            raise first_user_error(group_error) from group_error
-        finally:
-            await teacher.close()
-            run.close()
-    stats.sent = run.calls.sent
-    stats.retries = run.calls.retries
-    stats.retry_reasons = dict(run.calls.retry_reasons)
-    stats.cached = run.stats.cached
+        async with run.begun():
+            await run.each(functools.partial(review, pair, swapped) for pair in pairs for swapped in (False, True))
+    run.count_into(stats)
     return teacher.teacher_id, stats
 
 
 def judge_pairs(pairs: list[Pair], config: JudgeConfig) -> JudgeRun:
     """Judge every pair in both orders (filling ``pair.first`` and ``pair.second``); see the module doc."""
     from recycled_datasets.progress import progress
-    from recycled_datasets.teacher.stage import ProgressMeter
+    from recycled_datasets.teacher.run import ProgressMeter
 
     meter = ProgressMeter()
     started = time.monotonic()

@@ -5,8 +5,7 @@ id, folder or .gguf), loaded through :mod:`recycled_datasets.models`. It is far 
 teacher; it exists so that the whole pipeline runs end to end on a laptop with nothing else installed.
 
 Requests from the stage queue up; a batcher takes whatever is waiting (up to ``batch_size`` requests with the
-same generation settings), runs one left-padded ``generate`` in a worker thread, and answers each caller. It
-speaks the same interface as :class:`~recycled_datasets.teacher.client.HttpTeacher`.
+same generation settings), runs one left-padded ``generate`` in a worker thread, and answers each caller.
 """
 
 from __future__ import annotations
@@ -15,11 +14,14 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recycled_datasets.errors import ConfigError
+from recycled_datasets.errors import ConfigError, Rejected
 from recycled_datasets.models import DEFAULT_STUDENT, load_model, load_tokenizer, pretrained_path, resolve_student
-from recycled_datasets.teacher.client import CallStats, Rejected, Reply, ServerLimits
+from recycled_datasets.teacher.base import CallStats, Reply, ServerLimits, Teacher
+
+if TYPE_CHECKING:
+    from recycled_datasets.teacher.store import AnswerStore
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class _Pending:
     future: asyncio.Future[Reply]
 
 
-class LocalTeacher:
+class LocalTeacher(Teacher):
     """A transformers causal LM in this process, fed in batches. See the module doc."""
 
     def __init__(self, model: str = DEFAULT_STUDENT, *, batch_size: int | None = None, device: str = "cpu"):
@@ -68,6 +70,10 @@ class LocalTeacher:
         # Keyed by the weights actually run, not the model's public name: a de-quantized GGUF in transformers
         # does not answer like the same model behind a server.
         return f"local:{self.spec.model}@{self.spec.revision}"
+
+    async def begin(self, store: AnswerStore | None = None, *, generate: bool = True) -> None:
+        """The handshake is local: nothing to remember in ``store``; see :meth:`start`."""
+        await self.start(generate=generate)
 
     async def start(self, *, generate: bool = True) -> None:
         """Load the tokenizer and the context limit, and with ``generate`` the weights and the batcher too."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import StoreError
+from recycled_datasets.locking import make_folder
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,7 @@ class AnswerStore:
         ``durable`` commits with ``synchronous=FULL`` (survives power loss); without it, ``NORMAL`` still
         survives a killed process, which is all a crash of this program can do.
         """
-        folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the teacher store folder {folder}: {e}") from e
-        path = folder / STORE_FILE
+        path = make_folder(folder, what="the teacher store folder", error=StoreError) / STORE_FILE
         try:
             db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
