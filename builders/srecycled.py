@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import datasets
 import pyarrow as pa
 from datasets.builder import Key
 
+from recycled_datasets.errors import ConfigError
 from recycled_datasets.workdir import REFLECTIONS_CONFIG, Workdir
 from recycled_datasets.workdir.schema import (
     features,
@@ -38,6 +39,9 @@ from recycled_datasets.workdir.schema import (
 
 from .config import SRecycledConfig
 from .stages import inputs_digest, run_reflections, run_scores, run_student
+
+if TYPE_CHECKING:
+    from recycled_datasets.selection import SelectionReport
 
 SRECYCLED_CITATION = """\
 @inproceedings{li2024selective,
@@ -105,7 +109,7 @@ class SRecycled(datasets.ArrowBasedBuilder):
         config = self.stage_config()
         students: tuple[str, ...] = ()  # a tuple: datasets would take a list for shards
         if config.is_student:
-            run_student(config)
+            _check_kept(run_student(config).selection.report, config.name)
         elif config.name == REFLECTIONS_CONFIG:
             run_reflections(config)
         else:
@@ -125,3 +129,14 @@ class SRecycled(datasets.ArrowBasedBuilder):
             table = release_scores(wd, list(students))
         for index, batch in enumerate(table.to_batches(max_chunksize=_BATCH_ROWS)):
             yield Key(0, index), pa.Table.from_batches([batch], schema=table.schema)
+
+
+def _check_kept(report: SelectionReport, key: str) -> None:
+    """A subset needs a row: datasets cannot make an empty split, so say why the selection kept none."""
+    if report.rows_kept:
+        return
+    drops = ", ".join(f"{n} {why}" for why, n in sorted(report.drops.items()) if n) or "none recorded"
+    raise ConfigError(
+        f"the selection of {key!r} ({report.mode} mode) kept 0 of {report.rows_in} rows (dropped: {drops}); "
+        "its scores stay in the workdir, so selecting again (e.g. mode='keep-unreflected') scores nothing again"
+    )
