@@ -1,8 +1,9 @@
 """The ``datasets`` builders run the stages into a workdir and yield the release's tables.
 
-The workdir is made by the project's own commands: the reference fixture's reflections (no teacher) and a
-tiny random-weight student (scores in milliseconds). The builders then reuse it: an unreachable teacher
-proves that no teacher call is made, and unchanged stage files that no student was run again.
+The workdir is made by the project's own commands: the reference fixture's reflections (no teacher) and the
+embedded student's scores and subset. The builders then reuse it: an unreachable teacher proves that no
+teacher call is made, and unchanged stage files that no student was run again. Keys of the user's own use
+the tiny random-weight student where only scores matter (milliseconds).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from recycled_datasets.builders import SRecycled, SRecycledAlpaca, SRecycledSample, SRecycledWizardLM
 
+from recycled_datasets.builders import SRecycled, SRecycledAlpaca, SRecycledSample, SRecycledWizardLM
 from recycled_datasets.cli import main
 from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.workdir import Workdir
