@@ -1,202 +1,190 @@
-"""The ``datasets`` builders read a workdir's stage files: subsets per student, reflections and scores.
+"""The ``datasets`` builders run the stages into a workdir and yield the release's tables.
 
-The workdir is written by the pipeline's own writers from hand-made reflections and scores, so these tests
-need no model and run in seconds.
+The workdir is made by the project's own commands: the reference fixture's reflections (no teacher) and the
+embedded student's scores and subset. The builders then reuse it: an unreachable teacher proves that no
+teacher call is made, and unchanged stage files that no student was run again. Keys of the user's own use
+the tiny random-weight student where only scores matter (milliseconds).
 """
 
 from __future__ import annotations
 
-import json
+import re
+import shutil
 from pathlib import Path
 
-import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
-from builders import SRecycledAlpaca, SRecycledGeneric, SRecycledWizardLM  # repo root on pytest's pythonpath
-from recycled_datasets.errors import ConfigError, StoreError
-from recycled_datasets.pipeline import (
-    materialize,
-    reflections_path,
-    reflections_schema,
-    scores_schema,
-    select_and_write,
-    write_json,
-    write_parquet,
+from recycled_datasets.builders import SRecycled, SRecycledAlpaca, SRecycledSample, SRecycledWizardLM
+from recycled_datasets.cli import main
+from recycled_datasets.errors import ConfigError, InputError
+from recycled_datasets.workdir import Workdir
+from recycled_datasets.workdir.schema import (
+    features,
+    reflections_long_schema,
+    release_scores_schema,
+    release_subset_schema,
 )
-from recycled_datasets.records import (
-    CHAT_COLUMNS,
-    REFLECTION_COLUMNS,
-    RELEASE_SUBSET_COLUMNS,
-    SCORE_COLUMNS,
-    VARIANTS,
-)
-from recycled_datasets.selection import SelectionConfig
+from recycled_datasets.workdir.views import release_reflections, release_scores, release_subset
 
-IDS = ["r0", "r1", "r2"]
-# (IFD, r-IFD) per row and variant, chosen so that r0 -> both, r1 -> res, r2 -> ori (see test_selection)
-SCORES = {
-    "r0": {"ori": (0.6, 0.5), "ins": (0.8, 0.5), "res": (0.1, 0.1), "both": (0.7, 0.3)},
-    "r1": {"ori": (0.6, 0.5), "ins": (0.5, 0.1), "res": (0.9, 0.4), "both": (0.1, 0.1)},
-    "r2": {"ori": (0.6, 0.5), "ins": (0.5, 0.1), "res": (0.2, 0.7), "both": (0.1, 0.1)},
-}
-STUDENT = {"key": "", "model": "m", "revision": "", "template": "alpaca", "dtype": "float32", "base_model": "m"}
+FIXTURE = Path(__file__).parent / "fixtures" / "reference"
+STUDENT = "smollm2-135m"
+UNREACHABLE = "http://127.0.0.1:9"
 
 
-def write_workdir(workdir: Path, *, students: dict[str, SelectionConfig], source: str = "rows.json") -> None:
-    """Reflections for three rows and, per student, hand-made scores selected with the given config."""
-    columns: dict[str, list] = {"id": IDS, "source_index": [0, 1, 2]}
-    for v in VARIANTS:
-        columns[f"{v}_instruction"] = [f"{v} instruction {i}" for i in IDS]
-        columns[f"{v}_input"] = ["" if v in ("ins", "both") else f"input {i}" for i in IDS]
-        columns[f"{v}_output"] = [f"{v} output {i}" for i in IDS]
-        if v != "ori":
-            columns[f"{v}_status"] = ["ok", "fell_back", "ok"]
-            columns[f"{v}_detail"] = [None, f"{v} fell back: no section", None]
-    reflections = pl.DataFrame(columns).select(REFLECTION_COLUMNS)
-    write_parquet(reflections, reflections_path(workdir), reflections_schema())
-    meta = {
-        "teacher": "t/teacher",
-        "teacher_revision": "",
-        "prompt_version": "v1",
-        "source": source,
-        "rows": 3,
-        "license": "apache-2.0",
-    }
-    write_json(workdir / "reflections.json", meta)
-    for key, config in students.items():
-        rows = []
-        for rid in IDS:
-            for v in VARIANTS:
-                ifd, rifd = SCORES[rid][v]
-                rows.append({"id": rid, "variant": v, "ifd": ifd, "rifd": rifd, "loss_response_cond": 1.0})
-        scores = pl.DataFrame(rows).with_columns(
-            *(pl.lit(None, dtype=pl.Float64).alias(c) for c in SCORE_COLUMNS[3:6]),
-            *(pl.lit(7, dtype=pl.Int64).alias(c) for c in SCORE_COLUMNS if c.startswith("n_")),
-            pl.lit("ok").alias("status"),
-            pl.lit(None, dtype=pl.String).alias("reason"),
-        )
-        write_parquet(scores, workdir / "students" / key / "scores.parquet", scores_schema())
-        select_and_write(
-            pl.read_parquet(workdir / "students" / key / "scores.parquet"),
-            reflections,
-            meta,
-            {**STUDENT, "key": key},
-            config,
-            workdir=workdir,
-        )
+def srecycle(*args: str | Path) -> None:
+    main([str(a) for a in args])
 
 
-def prepare(builder_class, workdir: Path, config: str, cache: Path):
-    builder = builder_class(config_name=config, data_dir=str(workdir), cache_dir=str(cache))
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir made by the CLI: the reference reflections (no teacher) and the embedded student's subset."""
+    workdir = tmp_path_factory.mktemp("builders") / "work"
+    srecycle("import-reflections", FIXTURE, "--workdir", workdir, "--quiet")
+    srecycle("build", "--workdir", workdir, "--student", STUDENT, "--quiet")
+    return workdir
+
+
+def stage_files(workdir: Path) -> dict[str, int]:
+    """The modification times of the stage files: unchanged means no stage wrote them again."""
+    wd = Workdir(workdir)
+    student = wd.student(STUDENT)
+    return {p.name: p.stat().st_mtime_ns for p in (wd.reflections, student.scores, student.scores_meta)}
+
+
+def prepare(builder: SRecycled):
     builder.download_and_prepare()
-    return builder, builder.as_dataset("train")
+    return builder.as_dataset("train")
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    write_workdir(path, students={"llama2-7b": SelectionConfig(), "my-student": SelectionConfig("keep-unreflected")})
-    return path
+def released(workdir: Path, config: str) -> list[dict]:
+    return pq.read_table(workdir / "dataset" / config / "train-00000-of-00001.parquet").to_pylist()
 
 
-def test_a_student_config_is_its_subset(workdir: Path, tmp_path: Path):
-    import datasets
-
-    builder, ds = prepare(SRecycledGeneric, workdir, "llama2-7b", tmp_path / "cache")
-    subset = pl.read_parquet(workdir / "students" / "llama2-7b" / "subset.parquet")
-    assert list(builder.info.features) == list(RELEASE_SUBSET_COLUMNS)
-    assert builder.info.features["ifd"].dtype == "float64"
-    assert ds.remove_columns(list(CHAT_COLUMNS)).to_list() == subset.to_dicts()
-    assert ds[0]["messages"] == [
-        {"role": "user", "content": ds[0]["instruction"]},
-        {"role": "assistant", "content": ds[0]["output"]},
-    ]
-    # the same rows as the release tree's config
-    materialize(workdir)
-    assert datasets.load_dataset(str(workdir / "dataset"), "llama2-7b", split="train").to_list() == ds.to_list()
-    # paper mode: r0 -> both, r1 -> res; r2 (ori) dropped
-    assert [(r["id"], r["variant"], r["output"]) for r in ds] == [
-        ("r0", "both", "both output r0"),
-        ("r1", "res", "res output r1"),
-    ]
+def test_a_student_config_reuses_the_workdir_and_equals_the_release(built: Path, tmp_path: Path):
+    before = stage_files(built)
+    builder = SRecycled(config_name=STUDENT, workdir=str(built), teacher=UNREACHABLE, cache_dir=str(tmp_path))
+    ds = prepare(builder)
+    assert stage_files(built) == before  # no teacher call (it is unreachable), no scoring
+    assert ds.num_rows > 0
+    assert ds.to_list() == released(built, STUDENT) == release_subset(built, STUDENT).to_pylist()
+    assert ds.features == builder.info.features == features(release_subset_schema())
+    assert ds.data.table.schema == release_subset_schema()
 
 
-def test_a_users_own_student_key_is_a_config(workdir: Path, tmp_path: Path):
-    _, ds = prepare(SRecycledGeneric, workdir, "my-student", tmp_path / "cache")
-    assert ds["variant"] == ["both", "res", "ori"]  # keep-unreflected keeps the ori final too
+def test_the_config_cuts_the_subset_again_from_the_stored_scores(built: Path, tmp_path: Path):
+    workdir = tmp_path / "work"
+    shutil.copytree(built, workdir)
+    before = stage_files(workdir)
+    ds = prepare(SRecycled(config_name=STUDENT, top_k=1, workdir=str(workdir), cache_dir=str(tmp_path)))
+    assert stage_files(workdir) == before
+    assert ds["id"] == [max(released(built, STUDENT), key=lambda row: row["ifd"])["id"]]
 
 
-def test_reflections_config_has_four_variants_per_row(workdir: Path, tmp_path: Path):
-    import datasets
-
-    builder, ds = prepare(SRecycledGeneric, workdir, "reflections", tmp_path / "cache")
-    assert ds.num_rows == 12
-    assert [(r["id"], r["variant"]) for r in ds] == [(i, v) for i in IDS for v in VARIANTS]
-    row = ds[5]  # r1, ins
-    assert (row["instruction"], row["input"], row["status"]) == ("ins instruction r1", "", "fell_back")
-    assert row["detail"] == "ins fell back: no section"
-    assert ds[4]["status"] == "ok" and ds[4]["detail"] is None  # ori is the source itself
-    # the same rows as the release tree's reflections config
-    materialize(workdir)
-    released = datasets.load_dataset(str(workdir / "dataset"), "reflections", split="train")
-    assert released.to_list() == ds.to_list()
-
-
-def test_scores_config_holds_every_variant_of_every_student(workdir: Path, tmp_path: Path):
-    _, ds = prepare(SRecycledGeneric, workdir, "scores", tmp_path / "cache")
-    assert ds.num_rows == 2 * 12
-    assert sorted(set(ds["student"])) == ["llama2-7b", "my-student"]
-    first = ds[0]
-    assert (first["student"], first["id"], first["variant"], first["ifd"], first["rifd"]) == (
-        "llama2-7b",
-        "r0",
-        "ori",
-        0.6,
-        0.5,
-    )
-    assert first["instruction"] == "ori instruction r0" and first["n_response_tokens"] == 7
+def test_reflections_and_scores_configs_equal_the_release_views(built: Path, tmp_path: Path):
+    before = stage_files(built)
+    kwargs = {"workdir": str(built), "teacher": UNREACHABLE, "cache_dir": str(tmp_path)}
+    reflections = SRecycled(config_name="reflections", **kwargs)
+    ds = prepare(reflections)
+    assert ds.num_rows == 3 * 4
+    assert ds.to_list() == released(built, "reflections") == release_reflections(built).to_pylist()
+    assert reflections.info.features == features(reflections_long_schema())
+    scores = SRecycled(config_name="scores", **kwargs)  # default: the embedded student
+    ds = prepare(scores)
+    assert set(ds["student"]) == {STUDENT} and ds.num_rows == 3 * 4
+    assert ds.to_list() == release_scores(built, [STUDENT]).to_pylist()
+    assert ds.data.table.schema == release_scores_schema()
+    assert scores.info.features == features(release_scores_schema())
+    assert stage_files(built) == before
 
 
-def test_same_workdir_gives_the_same_examples_in_the_same_order(workdir: Path, tmp_path: Path):
-    _, a = prepare(SRecycledGeneric, workdir, "scores", tmp_path / "one")
-    _, b = prepare(SRecycledGeneric, workdir, "scores", tmp_path / "two")
-    assert a.to_list() == b.to_list()
+def test_a_key_of_the_users_own_is_a_config(built: Path, tiny_llama_dir: Path, tmp_path: Path):
+    """Keys in no shipped table: one from a students file, one naming the model given as ``student``; the
+    ``scores`` config scores the students it lists (and selects nothing)."""
+    from recycled_datasets.models import students_table
+
+    workdir = tmp_path / "work"
+    shutil.copytree(built, workdir)
+    students = tmp_path / "students.toml"
+    students.write_text(f'[my-smol]\nmodel = "{students_table()[STUDENT].model}"\ntemplate = "alpaca"\n')
+    common = {"workdir": str(workdir), "cache_dir": str(tmp_path / "cache"), "teacher": UNREACHABLE}
+    ds = prepare(SRecycled(config_name="my-smol", students_file=str(students), **common))
+    assert ds.unique("student") == ["my-smol"]
+    assert ds.to_list() == release_subset(workdir, "my-smol").to_pylist()
+    scores = SRecycled(config_name="scores", students=("my-smol", STUDENT), students_file=str(students), **common)
+    ds = prepare(scores)
+    assert ds.unique("student") == ["my-smol", STUDENT]
+    assert ds.to_list() == release_scores(workdir, ["my-smol", STUDENT]).to_pylist()
+    tiny = {"student": str(tiny_llama_dir), "template": "alpaca", "dtype": "float32"}
+    ds = prepare(SRecycled(config_name="scores", **tiny, **common))  # no name given: the folder names the key
+    assert ds.unique("student") == [tiny_llama_dir.name]
+    assert Workdir(workdir).student_keys() == sorted(["my-smol", STUDENT, tiny_llama_dir.name])
+    assert not Workdir(workdir).student(tiny_llama_dir.name).subset.exists()  # scored, not selected
 
 
-def test_a_rebuilt_workdir_is_not_served_from_a_stale_cache(workdir: Path, tmp_path: Path):
-    cache = tmp_path / "cache"
-    _, before = prepare(SRecycledGeneric, workdir, "llama2-7b", cache)
-    write_workdir(workdir, students={"llama2-7b": SelectionConfig("keep-unreflected")})
-    _, after = prepare(SRecycledGeneric, workdir, "llama2-7b", cache)
-    assert (before.num_rows, after.num_rows) == (2, 3)
+def test_a_subset_left_empty_by_the_selection_is_a_clear_error(built: Path, tiny_llama_dir: Path, tmp_path: Path):
+    """8 tokens hold no response, so no row has a score and none is kept."""
+    workdir = tmp_path / "work"
+    shutil.copytree(built, workdir)
+    tiny = {"student": str(tiny_llama_dir), "template": "alpaca", "max_length": 8}
+    builder = SRecycled(config_name="tiny", workdir=str(workdir), cache_dir=str(tmp_path), **tiny)
+    message = "'tiny' (paper mode) kept 0 of 3 rows (dropped: 3 final_score_missing)"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        builder.download_and_prepare()
+    assert Workdir(workdir).student("tiny").scores.is_file()
 
 
-def test_licenses_follow_the_source(workdir: Path, tmp_path: Path):
-    assert SRecycledGeneric(config_name="reflections", data_dir=str(workdir)).info.license == "apache-2.0"
-    assert SRecycledAlpaca(config_name="reflections", data_dir=str(workdir)).info.license == "cc-by-nc-4.0"
-    assert SRecycledWizardLM(config_name="reflections", data_dir=str(workdir)).info.license == "apache-2.0"
+def test_a_changed_workdir_is_not_served_from_the_cache(tmp_path: Path):
+    workdir = tmp_path / "work"
+    srecycle("import-reflections", FIXTURE, "--workdir", workdir, "--quiet")
+    kwargs = {"config_name": "reflections", "workdir": str(workdir), "cache_dir": str(tmp_path / "cache")}
+    first = prepare(SRecycled(**kwargs))
+    changed = tmp_path / "changed"
+    shutil.copytree(FIXTURE, changed)
+    path = changed / "reflect_instruction.json"
+    path.write_text(path.read_text().replace("colour", "color"))
+    srecycle("import-reflections", changed, "--workdir", workdir, "--quiet")
+    second = prepare(SRecycled(**kwargs))
+    assert first.to_list() != second.to_list()
+    assert second.to_list() == release_reflections(workdir).to_pylist()
 
 
-def test_shipped_student_keys_and_stage_configs_are_listed():
-    names = set(SRecycledAlpaca.builder_configs)
-    assert {"reflections", "scores", "llama2-7b", "llama2-13b", "mistral-7b", "smollm2-135m"} <= names
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"config_name": "Not A Key"}, "'Not A Key' is not a config of an sRecycled builder"),
+        ({"config_name": "plots"}, "'plots' is not a config"),
+        ({}, "name the config: config_name=STUDENT_KEY"),
+        ({"config_name": "smollm2-135m", "workdir": None}, "needs workdir=DIR"),
+        ({"config_name": "smollm2-135m", "students": ("a",)}, "students= lists the students of the 'scores'"),
+        ({"config_name": "smollm2-135m", "mode": "best"}, "selection mode must be one of"),
+        ({"config_name": "smollm2-135m", "limit": 0}, "limit must be at least 1"),
+        ({"config_name": "scores", "top_k": 2, "top_p": 50.0}, "not both"),
+    ],
+)
+def test_a_wrong_config_is_one_clear_error_before_any_work(kwargs: dict, message: str, tmp_path: Path):
+    kwargs = {"workdir": str(tmp_path / "work"), **kwargs}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        SRecycledSample(cache_dir=str(tmp_path / "cache"), **kwargs)
+    assert not (tmp_path / "work").exists()
 
 
-def test_user_errors_say_what_to_run(workdir: Path, tmp_path: Path):
-    with pytest.raises(StoreError, match=r"no subset for the student 'mistral-7b' .*llama2-7b.*srecycle build"):
-        prepare(SRecycledGeneric, workdir, "mistral-7b", tmp_path / "cache")
-    with pytest.raises(ConfigError, match="not a config name"):
-        SRecycledGeneric(config_name="Not A Key", data_dir=str(workdir))
-    with pytest.raises(ConfigError, match="data_dir"):
-        SRecycledGeneric(config_name="reflections", cache_dir=str(tmp_path / "c")).download_and_prepare()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(StoreError, match="srecycle build"):
-        prepare(SRecycledGeneric, empty, "reflections", tmp_path / "cache")
+@pytest.mark.parametrize(
+    ("builder", "hub_id", "license"),
+    [
+        (SRecycledAlpaca, "tatsu-lab/alpaca", "cc-by-nc-4.0"),
+        (SRecycledWizardLM, "WizardLMTeam/WizardLM_evol_instruct_70k", "mit"),
+    ],
+)
+def test_each_builder_reads_its_own_source(builder: type[SRecycled], hub_id: str, license: str, tmp_path: Path):
+    """Offline, the public set cannot be loaded: the error names the builder's own source."""
+    made = builder(config_name="reflections", workdir=str(tmp_path / "work"), cache_dir=str(tmp_path / "c"))
+    assert made.info.license == license and hub_id in made.info.homepage
+    with pytest.raises(InputError, match=hub_id):
+        made.download_and_prepare()
 
 
-def test_report_in_the_workdir_matches_the_subset(workdir: Path):
-    report = json.loads((workdir / "students" / "llama2-7b" / "report.json").read_text())
-    assert report["branches"] == {"both": 1, "ins": 0, "res": 1, "ori": 1}
-    assert report["drops"] == {"paper_mode_ori_final": 1}
-    assert report["student"]["key"] == "llama2-7b"
+def test_the_sample_builder_asks_its_teacher_for_the_sample_rows(tmp_path: Path):
+    made = SRecycledSample(config_name="reflections", limit=2, workdir=str(tmp_path / "w"), cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="2 of 2 rows have no reflections .* pass --teacher"):
+        made.download_and_prepare()
