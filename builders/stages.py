@@ -14,18 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # The one import of the stage code: everything below reaches the stages through these names.
-from recycled_datasets.pipeline import BuildConfig, build, ensure_reflections, ensure_scores, load_source
+from recycled_datasets.stages import BuildConfig, BuildResult, build
 from recycled_datasets.workdir import StudentFiles, Workdir
 from recycled_datasets.workdir.files import digest_path
-from recycled_datasets.workdir.tables import read_reflections
 
 from .config import SRecycledConfig
 
 if TYPE_CHECKING:
-    import polars as pl
-
     from recycled_datasets.models import StudentSpec
-    from recycled_datasets.pipeline import BuildResult
 
 
 @contextlib.contextmanager
@@ -44,13 +40,8 @@ def _student(config: SRecycledConfig, student: str, name: str | None) -> Student
     return resolve_student(student, name=name, template=config.template, students_file=students_file)
 
 
-def run_student(config: SRecycledConfig, *, release: bool = False) -> BuildResult:
-    """Every stage for the student of ``config``: reflect (stored answers reused) -> score -> select.
-
-    ``release`` also writes the release tree (``DIR/dataset``), as ``srecycle build`` does.
-    """
-    spec = _student(config, config.student or config.name, config.name)
-    stage_config = BuildConfig(
+def _build_config(config: SRecycledConfig, spec: StudentSpec, *, release: bool = False) -> BuildConfig:
+    return BuildConfig(
         workdir=config.root,
         student=spec,
         source=config.source,
@@ -63,31 +54,23 @@ def run_student(config: SRecycledConfig, *, release: bool = False) -> BuildResul
         release=release,
         gates=config.gate_config(),
     )
+
+
+def run_student(config: SRecycledConfig, *, release: bool = False) -> BuildResult:
+    """Every stage for the student of ``config``: reflect (stored answers reused) -> score -> select.
+
+    ``release`` also writes the release tree (``DIR/dataset``), as ``srecycle build`` does.
+    """
+    spec = _student(config, config.student or config.name, config.name)
     with _locked(config.root):
-        return build(stage_config)
-
-
-def _reflected(config: SRecycledConfig) -> pl.DataFrame:
-    """The teacher stage alone: this build's rows with their four variants (the workdir's when no source)."""
-    if config.source is None:  # the rows the workdir holds: nothing to reflect
-        frame, _ = read_reflections(config.root)
-        return frame if config.limit is None else frame.head(config.limit)
-    info = load_source(config.source, limit=config.limit, skip_invalid=config.skip_invalid)
-    return ensure_reflections(
-        info.rows,
-        workdir=config.root,
-        teacher=config.teacher,
-        source=info.name,
-        license=info.license,
-        max_new_tokens=config.max_new_tokens,
-        gates=config.gate_config(),
-    ).frame
+        return build(_build_config(config, spec, release=release))
 
 
 def run_reflections(config: SRecycledConfig) -> int:
     """The teacher stage for the rows of ``config``; returns how many rows this build has."""
+    spec = _student(config, config.student or "smollm2-135m", None)  # not scored: only names the build
     with _locked(config.root):
-        return _reflected(config).height
+        return build(_build_config(config, spec), until="reflect").rows
 
 
 def run_scores(config: SRecycledConfig) -> list[str]:
@@ -97,9 +80,8 @@ def run_scores(config: SRecycledConfig) -> list[str]:
     """
     specs = [_student(config, student, None) for student in config.score_students()]
     with _locked(config.root):
-        frame = _reflected(config)
         for spec in specs:
-            ensure_scores(frame, spec, config.scoring(), workdir=config.root)
+            build(_build_config(config, spec), until="score")
     return [spec.key for spec in specs]
 
 

@@ -452,10 +452,13 @@ def make_workdir(
     import random
     from pathlib import Path
 
+    import polars as pl
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, VARIANTS
+    from recycled_datasets.stages.score import pairs_digest, pairs_of
+    from recycled_datasets.workdir import Workdir
+    from recycled_datasets.workdir.tables import write_reflections, write_scores, write_subset
 
     root = Path(root)
     (root / "students").mkdir(parents=True, exist_ok=True)
@@ -479,7 +482,8 @@ def make_workdir(
                 failed = v == "ins" and i == 1
                 wide[f"{v}_status"].append("fell_back" if failed else "ok")
                 wide[f"{v}_detail"].append("instruction: empty section" if failed else None)
-    pq.write_table(pa.table(wide), root / "reflections.parquet")
+    wd = Workdir(root)
+    reflections = pl.from_arrow(pa.table(wide))
     meta = {
         "teacher": "meta-llama/Llama-3.1-70B-Instruct",
         "teacher_revision": "0123456789abcdef0123456789abcdef01234567",
@@ -488,7 +492,8 @@ def make_workdir(
         "rows": rows,
         "license": license,
     }
-    (root / "reflections.json").write_text(json.dumps(meta), encoding="utf-8")
+    write_reflections(wd, reflections, meta)
+    _, _, pairs = pairs_of(reflections)
     for n, key in enumerate(students):
         rng = random.Random(f"{key}-{n}")
         score_rows = []
@@ -513,9 +518,21 @@ def make_workdir(
                 table[col] = [10] * len(score_rows)
             else:
                 table[col] = [1.0] * len(score_rows)
-        folder = root / "students" / key
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(table), folder / "scores.parquet")
+        student = {
+            "key": key,
+            "model": f"example/{key}",
+            "revision": "fedcba9876543210fedcba9876543210fedcba98",
+            "template": "vicuna",
+            "dtype": "bfloat16",
+            "base_model": None,
+        }
+        scores_meta = {
+            "student": student,
+            "max_length": 2048,
+            "pairs": len(pairs),
+            "pairs_sha256": pairs_digest(pairs),
+        }
+        write_scores(wd, key, pl.from_arrow(pa.table(table)), scores_meta)
         branches = {v: 0 for v in VARIANTS}
         drops: dict[str, int] = {}
         subset: dict[str, list] = {
@@ -538,7 +555,7 @@ def make_workdir(
             for col, value in zip(subset, (ins, inp, out, rid, final, ifd, rifd, key, meta["teacher"]), strict=True):
                 subset[col].append(value)
         schema = pa.schema([(c, pa.float64() if c in ("ifd", "rifd") else pa.string()) for c in subset])
-        pq.write_table(pa.table(subset, schema=schema), folder / "subset.parquet")
+        subset_frame = pl.from_arrow(pa.table(subset, schema=schema))
 
         def quantiles(values):
             values = sorted(values)
@@ -548,14 +565,7 @@ def make_workdir(
             return {"p10": pick(0.1), "p25": pick(0.25), "p50": pick(0.5), "p75": pick(0.75), "p90": pick(0.9)}
 
         report = {
-            "student": {
-                "key": key,
-                "model": f"example/{key}",
-                "revision": "fedcba9876543210fedcba9876543210fedcba98",
-                "template": "vicuna",
-                "dtype": "bfloat16",
-                "base_model": None,
-            },
+            "student": student,
             "teacher": meta["teacher"],
             "prompt_version": "v1",
             "source": meta["source"],
@@ -567,5 +577,5 @@ def make_workdir(
             "quantiles": {"ifd": quantiles(subset["ifd"]), "rifd": quantiles(subset["rifd"])},
             "top": None,
         }
-        (folder / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        write_subset(wd, key, subset_frame, report)
     return root

@@ -124,32 +124,37 @@ def build(
     set_quiet(quiet)
     from rich.table import Table
 
+    from recycled_datasets.builders import SRecycledConfig, run_student
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.scoring import ScoreConfig
-    from recycled_datasets.stages import BuildConfig
-    from recycled_datasets.stages import build as run_build
-    from recycled_datasets.teacher.gates import GateConfig
+    from recycled_datasets.workdir import check_config_name
 
     started = time.monotonic()
-    spec = resolve_student(student, name=name, template=template, students_file=students_file)
-    config = BuildConfig(
+    # The same path as the datasets builders: their config, their stage runner (which holds the locks).
+    key = check_config_name(name if name is not None else resolve_student(student, students_file=students_file).key)
+    config = SRecycledConfig(
+        name=key,
         workdir=workdir,
-        student=spec,
         source=source,
         teacher=teacher,
-        max_new_tokens=max_new_tokens,
+        student=student,
+        students_file=students_file,
+        template=template,
+        mode="keep-unreflected" if keep_unreflected else "paper",
+        top_k=top_k,
+        top_p=top_p,
         limit=limit,
+        max_new_tokens=max_new_tokens,
         skip_invalid=skip_invalid,
-        selection=_selection(keep_unreflected, top_k, top_p),
-        scoring=ScoreConfig(max_length=max_length, dtype=dtype, batch_tokens=batch_tokens),
-        gates=GateConfig.from_options(gate or (), gate_off or ()),
+        max_length=max_length,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        gates=tuple(gate or ()),
+        gates_off=tuple(gate_off or ()),
     )
-    from recycled_datasets.locking import locked_all
-
-    with locked_all((workdir, "workdir"), (workdir / "teacher", "answer store")):
-        result = run_build(config)
-    _print_selection(result.report, workdir, spec.key)
-    table = Table(title=f"srecycle build: {spec.key}")
+    result = run_student(config, release=True)
+    spec_key = result.student
+    _print_selection(result.report, workdir, spec_key)
+    table = Table(title=f"srecycle build: {spec_key}")
     table.add_column("stage")
     table.add_column("result")
     table.add_row("source rows", f"{result.rows} ({result.skipped_rows} invalid skipped)")

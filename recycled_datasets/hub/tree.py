@@ -22,13 +22,13 @@ row order, fixed schema, fixed compression, and no timestamps anywhere.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import InputError
+from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.records import VARIANTS
 from recycled_datasets.safety import check_replaceable, write_manifest
 from recycled_datasets.workdir import REFLECTIONS_CONFIG, SCORES_CONFIG, Workdir
@@ -220,7 +220,8 @@ def _write_tree(
     )
 
     configs = _merge_configs(existing, entries)
-    configs.append(_scores_entry(configs))
+    on_repo = {f.split("/")[1] for f in (existing.files if existing else ()) if f.startswith(f"{SCORES_CONFIG}/")}
+    configs.append(_scores_entry(configs, scored=on_repo | {s.key for s in work.students}))
     loadable = [c for c in configs if not c.empty]
     default = loadable[0].name  # the first student with rows, else reflections (always loadable)
     card = render_card(
@@ -233,6 +234,7 @@ def _write_tree(
         default_config=default,
         students=[c for c in configs if c.name not in (REFLECTIONS_CONFIG, SCORES_CONFIG)],
         reflections=next(c for c in configs if c.name == REFLECTIONS_CONFIG),
+        scores=next(c for c in configs if c.name == SCORES_CONFIG),
         variants=VARIANTS,
     )
     (dest / "README.md").write_text(str(card), encoding="utf-8")
@@ -282,9 +284,10 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
     return _Workdir(wd, meta, tuple(found))
 
 
-def _scores_entry(configs: Sequence[ConfigEntry]) -> ConfigEntry:
-    """The ``scores`` config: each student's file in ``scores/KEY/``; every row scores its four variants."""
-    rows = sum(4 * int(c.report["rows_in"]) for c in configs if c.report is not None)
+def _scores_entry(configs: Sequence[ConfigEntry], scored: set[str]) -> ConfigEntry:
+    """The ``scores`` config: each student's file in ``scores/KEY/`` (``scored``: the students that have one;
+    a repo pushed before the config existed lacks it for its older students); a row scores four variants."""
+    rows = sum(4 * int(c.report["rows_in"]) for c in configs if c.report is not None and c.name in scored)
     info = _dataset_info(SCORES_CONFIG, release_scores_schema(), rows, None)
     return ConfigEntry(SCORES_CONFIG, rows, info, data_files=f"{SCORES_CONFIG}/*/train-*")
 
@@ -359,7 +362,7 @@ def _source_dataset(source: str) -> str:
     for needle, repo, _ in _KNOWN_SOURCES:
         if needle in lowered:
             return repo
-    return source if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and "." not in source.split("/")[-1] else "original"
+    return source if is_repo_id(source) and "." not in source.split("/")[-1] else "original"
 
 
 def _pretty_name(meta: Mapping[str, Any]) -> str:

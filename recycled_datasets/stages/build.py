@@ -109,8 +109,16 @@ def stages_of(config: BuildConfig, info: SourceInfo) -> list[Stage]:
     return [*stages, ReleaseStage(wd)] if config.release else stages
 
 
-def build(config: BuildConfig) -> BuildResult:
-    """Run the stages in a row; each one reuses what the workdir already holds for the same inputs."""
+STAGE_NAMES = ("reflect", "score", "select", "release")
+
+
+def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
+    """Run the stages in a row; each one reuses what the workdir already holds for the same inputs.
+
+    ``until`` stops after that stage (``reflect``: the teacher's part only; ``score``: no selection).
+    """
+    if until is not None and until not in STAGE_NAMES:
+        raise ConfigError(f"until must be one of {', '.join(STAGE_NAMES)}, not {until!r}")
     start = time.monotonic()
     Path(config.workdir).mkdir(parents=True, exist_ok=True)
     info = read_rows(config)
@@ -120,5 +128,7 @@ def build(config: BuildConfig) -> BuildResult:
     for stage in stages_of(config, info):
         stats[stage.name] = stage.run()
         seconds[stage.name] = stats[stage.name].seconds
+        if stage.name == until:
+            break
     dataset = stats["release"].detail["root"] if "release" in stats else None
     return BuildResult(Path(config.workdir), config.student.key, len(info.rows), info.skipped, stats, dataset, seconds)

@@ -131,26 +131,14 @@ class ReflectStage(Stage):
         )
         return replace(config, **changes)
 
-    def _check_identity(self, config: Any, meta: dict[str, Any], doing: str) -> None:
-        from recycled_datasets.teacher import teacher_identity
-
-        teacher_id, prompt_version = teacher_identity(config)
-        if (meta["teacher"], meta["prompt_version"]) != (teacher_id, prompt_version):
-            raise ConfigError(
-                f"{self.workdir.root} holds reflections by {meta['teacher']} (prompt {meta['prompt_version']}), "
-                f"but {doing} would come from {teacher_id} (prompt {prompt_version}); "
-                "use the same teacher, or a new --workdir"
-            )
-
     def _rejudge(self, existing: pl.DataFrame, meta: dict[str, Any]) -> tuple[pl.DataFrame, Any]:
         """Judge the rows again under the gates from the stored answers, without calling the teacher."""
         from recycled_datasets.teacher import reflect_rows
 
         # The stored answers are keyed by the request, budget included: ask with the budget they had.
         config = self._config(meta["max_new_tokens"], store_only=True)
-        self._check_identity(config, meta, "judging them again under the new quality gates")
         rows = rows_from_frame(existing)
-        result = reflect_rows(rows, config)
+        result = reflect_rows(rows, config, expect=(meta["teacher"], meta["prompt_version"]))
         return _frame_of(result, rows), result.stats
 
     def _needs_rejudge(self, meta: dict[str, Any]) -> bool:
@@ -192,9 +180,10 @@ class ReflectStage(Stage):
                 f"{len(missing)} of this build's rows; build from those rows (omit --source) or use a new --workdir"
             )
         config = self._config(self.max_new_tokens)
-        if meta is not None:  # check before paying for calls that could not be mixed with the existing rows
-            self._check_identity(config, meta, f"{len(missing)} new rows")
-        result = reflect_rows(missing, config)
+        # The run checks, right after its handshake and before any call, that new rows would come from the
+        # teacher and prompt version of the existing ones: one workdir never mixes them.
+        expect = (meta["teacher"], meta["prompt_version"]) if meta is not None else None
+        result = reflect_rows(missing, config, expect=expect)
         made = {
             "teacher": result.teacher_id,
             "teacher_revision": result.teacher_revision,
