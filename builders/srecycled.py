@@ -109,7 +109,7 @@ class SRecycled(datasets.ArrowBasedBuilder):
         config = self.stage_config()
         students: tuple[str, ...] = ()  # a tuple: datasets would take a list for shards
         if config.is_student:
-            _check_kept(run_student(config).selection.report, config.name)
+            _check_kept(run_student(config).report, config.name)
         elif config.name == REFLECTIONS_CONFIG:
             run_reflections(config)
         else:

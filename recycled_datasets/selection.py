@@ -83,7 +83,7 @@ class SelectionConfig:
 
 @dataclass(frozen=True, slots=True)
 class SelectionReport:
-    """What the rule did to one student's scores: the content of report.json (see docs/method.md, "The workdir").
+    """What the rule did to one student's scores: the content of report.json (see docs/method.md, section 8).
 
     ``branches`` counts the final variant of every row (before any filter); ``drops`` counts every row that
     was not kept under one reason; ``quantiles`` describe IFD and r-IFD of the kept rows (null when none).

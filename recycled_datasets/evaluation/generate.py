@@ -27,7 +27,8 @@ from typing import Any
 from recycled_datasets.errors import ConfigError, InputError, Rejected, TeacherError
 from recycled_datasets.evaluation.testsets import Question, read_questions
 from recycled_datasets.teacher.store import ANSWER_OK, AnswerStore, request_key
-from recycled_datasets.workdir.files import arrow_schema, write_json, write_table
+from recycled_datasets.workdir.files import write_json, write_table
+from recycled_datasets.workdir.schema import arrow_schema
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from recycled_datasets.evaluation.judge import (
     preference,
     win_score,
 )
-from recycled_datasets.workdir.files import arrow_schema, write_json, write_table
+from recycled_datasets.workdir.files import write_json, write_table
+from recycled_datasets.workdir.schema import arrow_schema
 
 RESULTS_FILE = "results.json"
 PAIRS_FILE = "pairs.parquet"

@@ -116,9 +116,10 @@ def write_model_card(checkpoint_dir: Path) -> Path:
 
     info = read_finetune_info(Path(checkpoint_dir))
     evaluation = card_evaluation(Path(checkpoint_dir), model_name=f"{info.student}-srecycled")
-    path = Path(checkpoint_dir) / "README.md"
-    path.write_text(model_card_text(info, evaluation), encoding="utf-8")
-    return path
+    from recycled_datasets.workdir.files import atomic_write_bytes
+
+    text = model_card_text(info, evaluation)
+    return atomic_write_bytes(Path(checkpoint_dir) / "README.md", text.encode("utf-8"), digest=False)
 
 
 def checkpoint_files(checkpoint_dir: Path) -> list[str]:

@@ -1,5 +1,5 @@
 """The stages of a build, each from workdir files to workdir files with one interface (:class:`Stage`):
-source rows -> reflect (teacher) -> score (student) -> select -> release (docs/method.md, "The build")."""
+source rows -> reflect (teacher) -> score (student) -> select -> release (docs/method.md, section 8)."""
 
 from recycled_datasets.stages.base import Stage, StageStats
 from recycled_datasets.stages.build import BuildConfig, BuildResult, build, stages_of

@@ -1,5 +1,5 @@
 """The reference authors' reflections: their four published splits imported as a workdir's reflections,
-so every student can be built from them with no teacher at all (docs/method.md, "Reference reflections").
+so every student can be built from them with no teacher at all (docs/method.md, section 8).
 """
 
 from __future__ import annotations

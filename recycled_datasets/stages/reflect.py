@@ -4,7 +4,8 @@ Rows already in the workdir are reused, so the teacher is contacted only for row
 yet, and a workdir that holds them all builds with no teacher at all. The table only grows (ordered by source
 index): a smaller build never forces a later one to ask again. One workdir never mixes teachers or prompt
 versions. ``reflections.json`` records the quality gates the rows were judged with; when the gates change,
-the rows are judged again from the teacher's stored answers without a call (docs/method.md, "Quality gates").
+the rows are judged again from the teacher's stored answers without a call
+(docs/method.md, section 2, "When a reflection does not count").
 """
 
 from __future__ import annotations

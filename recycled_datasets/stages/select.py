@@ -1,7 +1,7 @@
 """The select stage: a student's scores -> the rows it keeps (DIR/students/KEY/subset.parquet, report.json).
 
 Selection reads the student's scores only, so another mode or top cut is a re-select: no student, no
-teacher (docs/method.md, "Selection"). Its inputs are the scores (their digest), this build's rows and the
+teacher (docs/method.md, section 4). Its inputs are the scores (their digest), this build's rows and the
 selection settings; their digest is kept in ``subset.json``, so an unchanged selection is not redone.
 """
 

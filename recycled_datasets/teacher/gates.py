@@ -4,7 +4,7 @@ A small teacher (and now and then a large one) answers with the prompt's own sca
 original, loops on one sentence, or stops at its token limit in the middle of a section. Each of these is a
 named gate; a section that fails one is treated like an unparsable reply (one retry, then the original field),
 and the gate's name is written into the variant's ``detail`` so that runs, ``report.json`` and the dataset
-card can count the reasons. See docs/method.md (teacher prompts and parsing).
+card can count the reasons. See docs/method.md, section 2.
 
 The gates read only the reply text, its finish reason and the example it reflects, so they run on stored
 answers as well: changing a threshold re-judges a workdir without asking the teacher again.

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -119,13 +119,6 @@ def replace_dir(final: Path, write: Callable[[Path], T], *, keep_existing: bool 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """JSON with a fixed layout (indent 2, keys in the order given), written atomically."""
     return atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def arrow_schema(columns: Sequence[str], types: dict[str, pa.DataType]) -> pa.Schema:
-    """A schema of ``columns`` in that order; strings unless ``types`` says otherwise."""
-    import pyarrow as pa
-
-    return pa.schema([pa.field(c, types.get(c, pa.string())) for c in columns])
 
 
 def write_table(table: pa.Table, path: Path, *, digest: bool = True) -> Path:

@@ -1,6 +1,6 @@
 """Where every file of a workdir lives, and the rule for config (student key) names.
 
-Layout (docs/method.md, "The workdir")::
+Layout (docs/method.md, section 8)::
 
     DIR/reflections.parquet, reflections.json    the teacher stage: every variant of every row (+ metadata)
     DIR/teacher/answers.sqlite                   the teacher's stored answers (a rerun resends nothing stored)

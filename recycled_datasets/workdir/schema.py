@@ -4,7 +4,7 @@ Stage tables (in the workdir):
 
 - ``reflections``: one row per source row, the four variants side by side (wide), with each reflected
   variant's status (``ok``, ``fell_back``, ``failed``) and detail (null when ok, else which field fell back
-  and why). Chat rows add ``context``: their earlier turns as JSON text (docs/method.md, "Chat data").
+  and why). Chat rows add ``context``: their earlier turns as JSON text (docs/method.md, section 7).
 - ``scores``: one row per (row id, variant) with the student's losses, IFD and r-IFD.
 - ``subset``: the rows a student's selection kept: the training fields, then provenance.
 
@@ -18,7 +18,7 @@ The report (``report.json``) is JSON; :func:`report_bytes` is its one byte layou
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.records import CHAT_COLUMNS, CONTEXT_COLUMN, REFLECTION_COLUMNS, SCORE_COLUMNS, SUBSET_COLUMNS
@@ -43,13 +43,18 @@ def _types() -> dict[str, pa.DataType]:
     return types
 
 
-def _schema(columns: tuple[str, ...] | list[str]) -> pa.Schema:
+def arrow_schema(columns: Sequence[str], types: Mapping[str, pa.DataType]) -> pa.Schema:
+    """A schema of ``columns`` in that order; strings unless ``types`` says otherwise (for tables outside the
+    workdir, such as an evaluation's answers and verdicts)."""
     import pyarrow as pa
 
+    return pa.schema([pa.field(c, types.get(c, pa.string())) for c in columns])
+
+
+def _schema(columns: Sequence[str]) -> pa.Schema:
     from recycled_datasets.chat import message_type
 
-    types = _types() | {c: message_type() for c in CHAT_COLUMNS}
-    return pa.schema([pa.field(c, types.get(c, pa.string())) for c in columns])
+    return arrow_schema(columns, _types() | {c: message_type() for c in CHAT_COLUMNS})
 
 
 def _with_chat(columns: tuple[str, ...]) -> tuple[str, ...]:
@@ -65,6 +70,11 @@ def reflections_schema(*, context: bool = False) -> pa.Schema:
 def scores_schema() -> pa.Schema:
     """A student's scores: one row per (id, variant)."""
     return _schema(SCORE_TABLE_COLUMNS)
+
+
+def row_scores_schema() -> pa.Schema:
+    """``srecycle score``'s output: one student's scores of each row of a file as it is (no variants)."""
+    return _schema(("id", "source_index", *SCORE_COLUMNS))
 
 
 def subset_schema(*, context: bool = False) -> pa.Schema:
