@@ -1,4 +1,4 @@
-"""Fine-tuning a student on its subset (issue 6).
+"""Fine-tuning a student on its subset, on the token ids it was scored on.
 
 A tiny random-weight Llama that carries SmolLM2's real tokenizer stands in for the student, so the token ids,
 the chat template and the EOS are the real ones while a step takes a fraction of a second on CPU.
@@ -18,12 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from recycled_datasets.chat import turns_of
 from recycled_datasets.cli import main
 from recycled_datasets.finetune import FINETUNE_FILE, FinetuneConfig, build_trainer, finetune
 from recycled_datasets.models import load_tokenizer, resolve_student
-from recycled_datasets.records import Pair
+from recycled_datasets.records import Pair, Turn
 from recycled_datasets.scoring.plan import Planner
 from recycled_datasets.templates import render_prompt
+from recycled_datasets.tokens import IGNORE_INDEX, Exchange, lay_out
 
 KEY = "smollm2-135m"
 DATASET_LICENSE = "cc-by-4.0"  # differs from the fallback, so the test sees it was read from the card
@@ -145,34 +147,98 @@ def test_cli_trains_a_checkpoint_that_reloads_generates_and_cites_its_data(
     assert not (output / "checkpoint-8" / "README.md").exists()
 
 
-@pytest.mark.parametrize("template", [None, "vicuna"])
-def test_training_text_is_exactly_what_the_student_was_scored_on(tmp_path, base_dir, subset_dir, tokenizer, template):
-    job = build_trainer(
-        FinetuneConfig(
-            dataset=str(subset_dir), config=KEY, base_model=str(base_dir), output_dir=tmp_path, template=template
-        )
-    )
-    expected_template = template or resolve_student(KEY).template
-    assert job.template == expected_template
-    planner = Planner(tokenizer, expected_template, max_length=2048)
-    source = {row["id"]: row for row in _rows()}
-    seen = job.trainer.train_dataset
-    assert len(seen) == 32
+# Rows for the layout test: with and without input, with a chat context, a response cut at MAX_LENGTH, and a
+# prompt longer than MAX_LENGTH on its own.
+MAX_LENGTH = 96
+CONTEXT = (Turn("system", "Answer briefly."), Turn("user", "What is 2 + 2?"), Turn("assistant", "4."))
+PAIRS = {
+    "plain": Pair("Add 2 and 3.", "", "The sum is 5."),
+    "input": Pair("Translate to English.", "Bonjour, ami.", "Hello, friend."),
+    "chat": Pair("And times 3?", "", "That makes 12.", CONTEXT),
+    "long": Pair("Describe the sea.", "", "The sea is wide and deep and blue. " * 20),
+    "full": Pair("Repeat: " + "la " * 200, "", "ok"),
+}
+
+
+def _exchanges() -> list[Exchange]:
+    return [Exchange(p.instruction, p.output, p.input, p.context) for p in PAIRS.values()]
+
+
+def test_the_layout_opens_once_cuts_the_target_and_masks_the_prompt(tokenizer):
+    plain, given, chat, long, full = lay_out(tokenizer, "chat", _exchanges(), max_length=MAX_LENGTH, stop=True)
     eos = tokenizer.eos_token_id
-    for example in seen:
-        row = source[example["id"]]
+    # SmolLM2's chat template writes its BOS: the sequence starts with exactly one.
+    assert plain.ids[0] == tokenizer.bos_token_id and plain.ids[1] != tokenizer.bos_token_id
+    assert plain.start == plain.prompt_tokens
+    assert tokenizer.decode(plain.ids[plain.start :]) == "The sum is 5." + tokenizer.eos_token
+    assert plain.labels == [IGNORE_INDEX] * plain.start + [*plain.ids[plain.start :]]
+    assert "Bonjour, ami." in given.prompt
+    assert all(turn.content in chat.prompt for turn in CONTEXT)
+    assert chat.prompt.index("What is 2 + 2?") < chat.prompt.index("And times 3?")
+    # The long response is cut at MAX_LENGTH, its EOS with it; the prompt that fills MAX_LENGTH keeps no target.
+    assert len(long.ids) == MAX_LENGTH and long.n < long.target_tokens and long.ids[-1] != eos
+    assert full.n == 0 and full.start > MAX_LENGTH and full.mask == [0] * full.start
+    # Without a cut or a stop token, the target is all of the response's tokens.
+    whole = lay_out(tokenizer, "chat", _exchanges()[3:4])[0]
+    assert (
+        whole.n == whole.target_tokens == len(tokenizer(PAIRS["long"].output, add_special_tokens=False)["input_ids"])
+    )
+
+
+@pytest.mark.parametrize("template", ["chat", "vicuna"])
+def test_the_trainer_trains_on_the_ids_the_scorer_scored(tmp_path, base_dir, tokenizer, template):
+    scored = lay_out(tokenizer, template, _exchanges(), max_length=MAX_LENGTH)
+    trained = lay_out(tokenizer, template, _exchanges(), max_length=MAX_LENGTH, stop=True)
+
+    # The scorer: each pair's conditional job is the layout, its loss on the layout's target tokens.
+    planner = Planner(tokenizer, template, MAX_LENGTH)
+    plans = planner.plan(list(PAIRS.values()))
+    for name, plan, layout in zip(PAIRS, plans, scored, strict=True):
+        if name == "full":
+            assert plan.jobs[0] is None and "fills max_length" in plan.ifd_reason
+            continue
+        job = planner.jobs[plan.jobs[0]]
+        assert (job.ids, job.start, job.n) == (layout.ids, layout.start, layout.n)
+        assert plan.n_response == layout.n and plan.n_prompt == layout.prompt_tokens
+
+    # The trainer: the rows TRL feeds the model, after its own preparation.
+    rows = [
+        {
+            "id": name,
+            "instruction": p.instruction,
+            "input": p.input,
+            "output": p.output,
+            "messages": turns_of(p.instruction, p.input, p.output, p.context),
+        }
+        for name, p in PAIRS.items()
+    ]
+    release = _write_release(tmp_path / "release", rows)
+    config = FinetuneConfig(
+        dataset=str(release),
+        config=KEY,
+        base_model=str(base_dir),
+        output_dir=tmp_path / "out",
+        template=template,
+        max_length=MAX_LENGTH,
+    )
+    seen = {row["id"]: row for row in build_trainer(config).trainer.train_dataset}
+    assert sorted(seen) == sorted(name for name in PAIRS if name != "full")  # nothing left to train on
+    eos = tokenizer.eos_token_id
+    for name, score_layout, train_layout in zip(PAIRS, scored, trained, strict=True):
+        if name == "full":
+            continue
+        example, pair = seen[name], PAIRS[name]
+        assert example["input_ids"] == list(train_layout.ids)
+        assert example["labels"] == train_layout.labels
+        # What was scored, then the EOS where it still fits: the long row is cut where the scorer cut it.
+        assert example["input_ids"] == ([*score_layout.ids] if name == "long" else [*score_layout.ids, eos])
         # The strings: the scored prompt, and the raw response followed by EOS.
-        prompt = render_prompt(expected_template, row["instruction"], row["input"], tokenizer=tokenizer)
+        prompt = render_prompt(template, pair.instruction, pair.input, tokenizer=tokenizer, context=pair.context)
         assert example["prompt"] == prompt
-        assert example["completion"] == row["output"] + tokenizer.eos_token
-        # The ids the trainer sees: the scorer's conditional sequence for this pair, plus EOS; loss on the target.
-        plan = planner.plan([Pair(row["instruction"], row["input"], row["output"])])[0]
-        scored = planner.jobs[plan.jobs[0]]
-        assert example["input_ids"] == [*scored.ids, eos]
-        assert example["labels"] == [-100] * scored.start + [*scored.ids[scored.start :], eos]
-        # Read back, the sequence is the start token (unless the template writes it), prompt and completion.
-        start = "" if prompt.startswith(tokenizer.bos_token) else tokenizer.bos_token
-        assert tokenizer.decode(example["input_ids"]) == start + prompt + example["completion"]
+        assert example["completion"] == pair.output + tokenizer.eos_token
+        if name != "long":  # read back: the start token (unless the template writes it), prompt and completion
+            start = "" if prompt.startswith(tokenizer.bos_token) else tokenizer.bos_token
+            assert tokenizer.decode(example["input_ids"]) == start + prompt + example["completion"]
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, base_dir, subset_dir):

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from recycled_datasets.cli.options import Quiet, StudentsFile, Template
 from recycled_datasets.finetune import field_default, field_help
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from recycled_datasets.finetune import FinetuneResult
 
 
 def finetune(
@@ -66,8 +71,6 @@ def finetune(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a student on its subset (TRL SFT, loss on the response only); reruns resume; --push uploads."""
-    from rich.table import Table
-
     from recycled_datasets.finetune import FinetuneConfig
     from recycled_datasets.finetune import finetune as run_finetune
     from recycled_datasets.progress import console, set_quiet, setup_logging
@@ -99,11 +102,17 @@ def finetune(
         gradient_checkpointing=gradient_checkpointing,
     )
     result = run_finetune(settings, push=push, eval_dir=eval_dir)
+    if not quiet:
+        console().print(_summary(result, dataset=f"{dataset} [{config}]", push=push))
+
+
+def _summary(result: FinetuneResult, *, dataset: str, push: str | None) -> Table:
+    from rich.table import Table
 
     table = Table(title="srecycle finetune", show_header=False)
     table.add_row("student", result.student)
     table.add_row("base model", result.base_model)
-    table.add_row("dataset", f"{dataset} [{config}]")
+    table.add_row("dataset", dataset)
     table.add_row("template", result.template)
     table.add_row("rows", str(result.rows))
     table.add_row("resumed from", str(result.resumed_from) if result.resumed_from else "-")
@@ -113,5 +122,4 @@ def finetune(
     table.add_row("output", str(result.output_dir))
     if push:
         table.add_row("pushed to", push)
-    if not quiet:
-        console().print(table)
+    return table

@@ -123,7 +123,6 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
     """
     from recycled_datasets.scoring.engine import batch_tokens_for, make_batches
     from recycled_datasets.scoring.plan import Planner
-    from recycled_datasets.scoring.shards import ShardStore
 
     config = config or ScoreConfig()
     template = config.template or student.template
@@ -145,19 +144,8 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
         temp_dir = tempfile.mkdtemp(prefix="srecycle-score-")
         cache_dir = Path(temp_dir)
     try:
-        if distributed:
-            import torch.distributed as td
-
-            if dist.main:
-                ShardStore(cache_dir, setup, rank=0)  # writes setup.json before the others read it
-            td.barrier()
-        store = ShardStore(cache_dir, setup, rank=dist.rank, flush_seconds=config.flush_seconds)
-        done = store.load()
-        todo = [job for key, job in planner.jobs.items() if key not in done]
-        if done:
-            logger.info(
-                "resuming: %d of %d sequences already scored", len(planner.jobs) - len(todo), len(planner.jobs)
-            )
+        store = _open_store(cache_dir, setup, dist, distributed, config.flush_seconds)
+        todo = _todo(planner.jobs, store.load())
         batches = make_batches(todo, batch_tokens_for(device, config.batch_tokens))[dist.rank :: dist.world]
         if batches:
             model = load_model(student, dtype=dtype, device=device)
@@ -184,6 +172,27 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
         td.barrier()  # rank 0 has read every shard; the others may exit now
         td.destroy_process_group()
     return frame
+
+
+def _open_store(cache_dir: Path, setup: dict, dist: DistInfo, distributed: bool, flush_seconds: float) -> Any:
+    """This rank's checkpoint shards; rank 0 writes the setup before the other ranks read it."""
+    from recycled_datasets.scoring.shards import ShardStore
+
+    if distributed:
+        import torch.distributed as td
+
+        if dist.main:
+            ShardStore(cache_dir, setup, rank=0)
+        td.barrier()
+    return ShardStore(cache_dir, setup, rank=dist.rank, flush_seconds=flush_seconds)
+
+
+def _todo(jobs: dict[str, Any], done: dict[str, float]) -> list:
+    """The planned jobs no checkpoint holds yet, in plan order."""
+    todo = [job for key, job in jobs.items() if key not in done]
+    if done:
+        logger.info("resuming: %d of %d sequences already scored", len(jobs) - len(todo), len(jobs))
+    return todo
 
 
 def _run(

@@ -1,0 +1,140 @@
+"""One fine-tuning run end to end: train (resuming), save, record what was trained on what, write the card."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recycled_datasets.finetune.config import FinetuneConfig
+from recycled_datasets.finetune.trainer import TrainingJob, build_trainer
+from recycled_datasets.hub.model_card import FINETUNE_FILE
+from recycled_datasets.workdir.files import write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneResult:
+    """What a run did. ``first_step`` is the step it started from (0, or the checkpoint it resumed)."""
+
+    output_dir: Path
+    student: str
+    base_model: str
+    template: str
+    rows: int
+    first_step: int
+    global_step: int
+    train_loss: float | None
+    resumed_from: Path | None
+    losses: tuple[tuple[int, float], ...]  # (step, loss) logged by this run
+    seconds: float
+
+
+def mean_logged_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """Mean training loss per step over the whole run (resumed parts included), from the logged interval means."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in sorted((e for e in log_history if "loss" in e), key=lambda e: e["step"]):
+        width = entry["step"] - previous
+        if width > 0:
+            total += float(entry["loss"]) * width
+            steps += width
+            previous = entry["step"]
+    return total / steps if steps else None
+
+
+def finetune_metadata(job: TrainingJob, train_loss: float | None) -> dict[str, Any]:
+    """The content of ``srecycle_finetune.json``: what the model card cites."""
+    config = job.config
+    return {
+        "base_model": job.base_model,
+        "dataset": config.dataset,
+        "config": config.config,
+        "dataset_revision": job.subset.revision,
+        "template": job.template,
+        "completion": "response followed by the tokenizer's EOS token; loss on the completion only",
+        "hyperparameters": {
+            "learning_rate": config.learning_rate,
+            "epochs": config.epochs,
+            "global_batch_size": config.per_device_batch_size * job.world_size * job.gradient_accumulation_steps,
+            "per_device_batch_size": config.per_device_batch_size,
+            "gradient_accumulation_steps": job.gradient_accumulation_steps,
+            "world_size": job.world_size,
+            "max_length": config.max_length,
+            "warmup_ratio": config.warmup_ratio,
+            "weight_decay": config.weight_decay,
+            "lr_scheduler_type": config.lr_scheduler_type,
+            "max_steps": config.max_steps,
+            "seed": config.seed,
+            "bf16": job.bf16,
+        },
+        "rows": len(job.trainer.train_dataset),
+        "global_step": job.trainer.state.global_step,
+        "license": job.subset.license,
+        "train_loss": train_loss,
+        "eval_results": None,
+        "student": job.student,
+    }
+
+
+def finetune(config: FinetuneConfig, *, push: str | None = None, eval_dir: Path | None = None) -> FinetuneResult:
+    """Train, save the model and tokenizer, write the metadata and the card, and push when asked.
+
+    Resumes from the newest complete checkpoint in the output folder, so a killed run continues where it stopped.
+    ``eval_dir`` (a ``srecycle judge`` output) puts its results into the card.
+    """
+    started = time.monotonic()
+    if eval_dir is not None:  # a wrong folder fails now, not after training
+        from recycled_datasets.evaluation.card import read_results
+
+        read_results(Path(eval_dir))
+    if push:  # fail now, not after hours of training
+        from recycled_datasets.hub.publish import check_repo_id, resolve_token
+
+        check_repo_id(push)
+        resolve_token(None)
+    job = build_trainer(config)
+    trainer = job.trainer
+    if job.resume_from is not None:
+        logger.info("resuming from %s", job.resume_from)
+    logger.info(
+        "fine-tuning %s on %d rows of %s [%s], template %s, %d x %d x %d sequences per step",
+        job.base_model,
+        len(trainer.train_dataset),
+        config.dataset,
+        config.config,
+        job.template,
+        config.per_device_batch_size,
+        job.world_size,
+        job.gradient_accumulation_steps,
+    )
+    trainer.train(resume_from_checkpoint=str(job.resume_from) if job.resume_from else None)
+    train_loss = mean_logged_loss(trainer.state.log_history)
+    trainer.save_model(str(config.output_dir))
+    if trainer.is_world_process_zero():
+        metadata = finetune_metadata(job, train_loss)
+        write_json(config.output_dir / FINETUNE_FILE, metadata)
+        from recycled_datasets.hub import push_model, write_model_card
+
+        if eval_dir is not None:
+            from recycled_datasets.evaluation.card import attach_evaluation
+
+            attach_evaluation(config.output_dir, Path(eval_dir))
+        write_model_card(config.output_dir)
+        if push:
+            push_model(checkpoint=config.output_dir, repo_id=push)
+    return FinetuneResult(
+        output_dir=config.output_dir,
+        student=job.student,
+        base_model=job.base_model,
+        template=job.template,
+        rows=len(trainer.train_dataset),
+        first_step=job.report.first_step,
+        global_step=trainer.state.global_step,
+        train_loss=train_loss,
+        resumed_from=job.resume_from,
+        losses=tuple(job.report.losses),
+        seconds=time.monotonic() - started,
+    )
