@@ -10,6 +10,8 @@ import sys
 import polars as pl
 import pytest
 
+from recycled_datasets.workdir.schema import row_scores_schema
+
 ROWS = [
     {"instruction": "Name a prime number below ten.", "input": "", "output": "Seven is a prime number below ten."},
     {"instruction": "Translate to French.", "input": "Good morning.", "output": "Bonjour."},
@@ -42,19 +44,7 @@ def test_score_writes_one_row_per_input_row_in_order(tmp_path):
     frame = pl.read_parquet(out)
     assert frame.height == len(ROWS)
     assert frame["source_index"].to_list() == list(range(len(ROWS)))
-    for column in (
-        "id",
-        "ifd",
-        "rifd",
-        "loss_response_cond",
-        "loss_response_direct",
-        "loss_instruction_cond",
-        "loss_instruction_direct",
-        "n_response_tokens",
-        "n_instruction_tokens",
-        "status",
-    ):
-        assert column in frame.columns
+    assert frame.schema == pl.from_arrow(row_scores_schema().empty_table()).schema
     ok = frame.filter(pl.col("status") == "ok")
     assert ok.height == len(ROWS) and ok["ifd"].is_finite().all() and ok["rifd"].is_finite().all()
     assert not (tmp_path / ".scores.parquet.parts").exists()  # checkpoints are removed once the output is whole

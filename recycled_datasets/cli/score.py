@@ -69,7 +69,8 @@ def _score(data, spec, output: Path, max_length: int, batch_tokens: int | None, 
 
     from recycled_datasets.records import Pair
     from recycled_datasets.scoring import ScoreConfig, score_pairs
-    from recycled_datasets.workdir.files import write_parquet
+    from recycled_datasets.workdir.schema import row_scores_schema
+    from recycled_datasets.workdir.tables import write_frame
 
     parts = output.parent / f".{output.name}.parts"
     config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts)
@@ -82,7 +83,7 @@ def _score(data, spec, output: Path, max_length: int, batch_tokens: int | None, 
         [pl.DataFrame({"id": [r.id for r in data.rows], "source_index": [r.index for r in data.rows]}), frame],
         how="horizontal",
     )
-    write_parquet(frame, output)
+    write_frame(frame, output, row_scores_schema())
     import shutil
 
     shutil.rmtree(parts, ignore_errors=True)

@@ -220,18 +220,12 @@ class _LocalModel:
         self.device = device
 
     def prompt_ids(self, questions: list[Question]) -> list[list[int]]:
-        """``[start] + ids(prompt)``: the layout the model was scored and trained on (see ``finetune``)."""
-        from recycled_datasets.scoring.plan import start_token
-        from recycled_datasets.templates import render_prompt
+        """The prompt's ids as the model was scored and trained on them (:func:`recycled_datasets.tokens.lay_out`
+        with nothing to learn yet): the answer is generated after them."""
+        from recycled_datasets.tokens import Exchange, lay_out
 
-        prompts = [render_prompt(self.template, q.instruction, tokenizer=self.tokenizer) for q in questions]
-        start = start_token(self.tokenizer)
-        head = [start] if start is not None else []
-        bos = self.tokenizer.bos_token_id
-        out = []
-        for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]:
-            out.append(head + (ids[1:] if bos is not None and ids[:1] == [bos] else ids))
-        return out
+        layouts = lay_out(self.tokenizer, self.template, [Exchange(q.instruction, "") for q in questions])
+        return [list(layout.ids[: layout.start]) for layout in layouts]
 
     def generate(self, batch: list[list[int]]) -> list[tuple[str, int, str]]:
         import torch

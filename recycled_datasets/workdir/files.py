@@ -150,17 +150,6 @@ def _write_parquet_file(table: pa.Table, tmp: Path) -> None:
     )
 
 
-def write_parquet(frame: pl.DataFrame, path: Path, schema: pa.Schema | None = None, *, digest: bool = True) -> Path:
-    """Write a polars frame as parquet; with ``schema``, exactly those columns cast to those types."""
-    import pyarrow as pa
-
-    table = frame.to_arrow()
-    if schema is not None:
-        table = table.select(schema.names)
-        table = pa.Table.from_arrays([table.column(n).cast(schema.field(n).type) for n in schema.names], schema=schema)
-    return write_table(table, path, digest=digest)
-
-
 # ---- verified reads ---------------------------------------------------------------------------------------
 def _damaged(path: Path, why: str, regenerate: str) -> StoreError:
     return StoreError(f"{path} is damaged ({why}); delete it and rerun `{regenerate}` to make it again")
