@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from hub_server import REPO, HubServer, make_workdir
@@ -79,7 +80,7 @@ def _subset_rows(workdir: Path, key: str) -> list[dict]:
 def test_push_two_configs_loads_each_default_and_tagged_revision(hub, workdir, tmp_path):
     result = push_release(repo_id=REPO, workdir=workdir, tag="v1.0", token=TOKEN, endpoint=hub.endpoint)
 
-    assert set(result.configs) == {"llama2-7b", "mistral-7b", "reflections"}
+    assert set(result.configs) == {"llama2-7b", "mistral-7b", "reflections", "scores"}
     repo = hub.state.repos[("dataset", REPO)]
     assert repo.tags["v1.0"] == repo.branches["main"] == result.commit_oid
     llama, default, reflections = _load_in_fresh_process(
@@ -107,17 +108,22 @@ def test_private_repo_is_created_private(hub, workdir):
 def test_repush_one_config_keeps_the_other_config_untouched(hub, workdir, tmp_path):
     push_release(repo_id=REPO, workdir=workdir, token=TOKEN, endpoint=hub.endpoint)
     before = _files(hub)
-    mistral_before = {f: c for f, c in before.items() if f.startswith(("mistral-7b/", "plots/mistral-7b/"))}
+    mistral = ("mistral-7b/", "plots/mistral-7b/", "scores/mistral-7b/")
+    mistral_before = {f: c for f, c in before.items() if f.startswith(mistral)}
     assert "mistral-7b/train-00000-of-00001.parquet" in mistral_before
+    assert "scores/mistral-7b/train-00000-of-00001.parquet" in mistral_before  # its part of the scores config
 
     # A new selection for llama2-7b only (fewer rows), pushed on its own.
+    from recycled_datasets.workdir.tables import read_report, write_subset
+
     subset = workdir / "students" / "llama2-7b" / "subset.parquet"
     table = pq.read_table(subset)
-    pq.write_table(table.slice(0, table.num_rows - 1), subset)
+    fewer = pl.from_arrow(table.slice(0, table.num_rows - 1))
+    write_subset(workdir, "llama2-7b", fewer, read_report(workdir, "llama2-7b"))
     result = push_release(repo_id=REPO, workdir=workdir, students=["llama2-7b"], token=TOKEN, endpoint=hub.endpoint)
 
     after = _files(hub)
-    assert {f: c for f, c in after.items() if f.startswith(("mistral-7b/", "plots/mistral-7b/"))} == mistral_before
+    assert {f: c for f, c in after.items() if f.startswith(mistral)} == mistral_before
     assert _rows(after["mistral-7b/train-00000-of-00001.parquet"]) == _subset_rows(workdir, "mistral-7b")
     assert _rows(after["llama2-7b/train-00000-of-00001.parquet"]) == _subset_rows(workdir, "llama2-7b")
     assert len(_subset_rows(workdir, "llama2-7b")) == table.num_rows - 1
@@ -125,7 +131,7 @@ def test_repush_one_config_keeps_the_other_config_untouched(hub, workdir, tmp_pa
     # The card still describes both students, with the untouched one's table read back from the repo.
     card = DatasetCard(after["README.md"].decode())
     names = [c["config_name"] for c in card.data.configs]
-    assert names == ["llama2-7b", "mistral-7b", "reflections"]
+    assert names == ["llama2-7b", "mistral-7b", "reflections", "scores"]
     assert result.configs == tuple(names)
     mistral_report = json.loads((workdir / "students" / "mistral-7b" / "report.json").read_text())
     assert f"{mistral_report['rows_kept']} of {mistral_report['rows_in']}" in card.text

@@ -130,7 +130,7 @@ def test_card_metadata_and_body(workdir, tree):
 def test_student_order_sets_the_default(workdir, tmp_path):
     tree = write_release_tree(workdir, tmp_path / "t", students=["mistral-7b"])
     card = DatasetCard.load(tree.root / "README.md")
-    assert [c["config_name"] for c in card.data.configs] == ["mistral-7b", "reflections"]
+    assert [c["config_name"] for c in card.data.configs] == ["mistral-7b", "reflections", "scores"]
     assert card.data.configs[0]["default"] is True
     assert not any(f.startswith("llama2-7b/") for f in tree.files)
     assert 'load_dataset("ORG/NAME", "mistral-7b"' in card.text  # no repo id given
@@ -219,9 +219,9 @@ def test_a_student_that_kept_no_row_is_reported_but_not_a_loadable_config(one_em
     assert not any(f.startswith("mistral-7b/") and f.endswith(".parquet") for f in tree.files)
     assert "mistral-7b/report.json" in tree.files and tree.empty == ("mistral-7b",)
     card = DatasetCard.load(tree.root / "README.md")
-    assert [c["config_name"] for c in card.data.configs] == ["llama2-7b", "reflections"]
+    assert [c["config_name"] for c in card.data.configs] == ["llama2-7b", "reflections", "scores"]
     assert [c["config_name"] for c in card.data.configs if c.get("default")] == ["llama2-7b"]
-    assert [i["config_name"] for i in card.data.dataset_info] == ["llama2-7b", "reflections"]
+    assert [i["config_name"] for i in card.data.dataset_info] == ["llama2-7b", "reflections", "scores"]
     # The body still has mistral-7b's section, saying plainly that nothing passed, with its report's numbers.
     section = card.text.split("### `mistral-7b`", 1)[1].split("### ", 1)[0]
     assert "No row passed the selection" in section and "0 of 6" in section
@@ -243,7 +243,8 @@ def test_when_every_student_is_empty_reflections_is_the_default(one_empty, tmp_p
             "config_name": "reflections",
             "data_files": [{"split": "train", "path": "reflections/train-*"}],
             "default": True,
-        }
+        },
+        {"config_name": "scores", "data_files": [{"split": "train", "path": "scores/*/train-*"}]},
     ]
     assert tree.default_config == "reflections" and "No row passed the selection" in card.text
     default = datasets.load_dataset(str(tree.root), split="train", cache_dir=str(tmp_path / "cache"))
@@ -267,7 +268,7 @@ def test_repushing_a_config_that_became_empty_deletes_its_data_on_the_repo(tmp_p
         assert "mistral-7b/train-00000-of-00001.parquet" in result.deleted
         assert "mistral-7b/train-00000-of-00001.parquet" not in files and "mistral-7b/report.json" in files
         card = DatasetCard(files["README.md"].decode())
-        assert [c["config_name"] for c in card.data.configs] == ["llama2-7b", "reflections"]
+        assert [c["config_name"] for c in card.data.configs] == ["llama2-7b", "reflections", "scores"]
         # A later push of the other config keeps the empty one's section, read back from its report on the repo.
         push_release(repo_id=REPO, workdir=full, students=["llama2-7b"], token=token, endpoint=hub.endpoint)
         card = DatasetCard(hub.state.files_at("dataset", REPO)["README.md"].decode())

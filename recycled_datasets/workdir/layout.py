@@ -37,7 +37,7 @@ def check_config_name(key: str) -> str:
         )
     if key in RESERVED_NAMES:
         raise ConfigError(
-            f"{key!r} cannot name a student's config (it names another part of the dataset); pass --name KEY"
+            f"{key!r} is reserved (it names another part of the dataset), not a student's config: pass --name KEY"
         )
     return key
 
