@@ -166,6 +166,40 @@ def build_tree(
     )
 
 
+def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry:
+    """A student's config: its subset, report, part of the scores config and plots; returns its card entry."""
+    from recycled_datasets.hub.plots import write_plots
+
+    table = release_subset(work.files, student.key)
+    rel = f"{student.key}/{DATA_FILE}"
+    (dest / student.key).mkdir(parents=True)
+    if table.num_rows:
+        write_table(table, dest / rel, digest=False)
+    else:
+        logger.warning(
+            "student %s: no row passed the selection; its config is left out of the release's loadable "
+            "configs (only its report and card section are written)",
+            student.key,
+        )
+    atomic_write_bytes(dest / student.key / REPORT_FILE, report_bytes(student.report), digest=False)
+    scores_file = dest / SCORES_CONFIG / student.key / DATA_FILE
+    write_table(release_scores(work.files, [student.key]), scores_file, digest=False)
+    folder = dest / PLOTS_DIR / student.key
+    plots = write_plots(scores=student.scores, subset=table, report=student.report, dest=folder)
+    logger.info("config %s: %d rows", student.key, table.num_rows)
+    return ConfigEntry(
+        name=student.key,
+        rows=table.num_rows,
+        info=(
+            _dataset_info(student.key, table.schema, table.num_rows, dest / rel, table.nbytes)
+            if table.num_rows
+            else {"config_name": student.key}
+        ),
+        report=student.report,
+        plots=tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots),
+    )
+
+
 def _write_tree(
     work: _Workdir, dest: Path, existing: ExistingRelease | None, repo_id: str | None
 ) -> tuple[list[ConfigEntry], dict[str, ConfigEntry]]:
@@ -173,43 +207,8 @@ def _write_tree(
     from huggingface_hub import DatasetCard
 
     from recycled_datasets.hub.cards import DATASET_TEMPLATE, render_card
-    from recycled_datasets.hub.plots import write_plots
 
-    entries: dict[str, ConfigEntry] = {}
-    for student in work.students:
-        table = release_subset(work.files, student.key)
-        rel = f"{student.key}/{DATA_FILE}"
-        (dest / student.key).mkdir(parents=True)
-        if table.num_rows:
-            write_table(table, dest / rel, digest=False)
-        else:
-            logger.warning(
-                "student %s: no row passed the selection; its config is left out of the release's loadable "
-                "configs (only its report and card section are written)",
-                student.key,
-            )
-        atomic_write_bytes(dest / student.key / REPORT_FILE, report_bytes(student.report), digest=False)
-        scores_file = dest / SCORES_CONFIG / student.key / DATA_FILE
-        write_table(release_scores(work.files, [student.key]), scores_file, digest=False)
-        plots = write_plots(
-            scores=student.scores,
-            subset=table,
-            report=student.report,
-            dest=dest / PLOTS_DIR / student.key,
-        )
-        entries[student.key] = ConfigEntry(
-            name=student.key,
-            rows=table.num_rows,
-            info=(
-                _dataset_info(student.key, table.schema, table.num_rows, dest / rel, table.nbytes)
-                if table.num_rows
-                else {"config_name": student.key}
-            ),
-            report=student.report,
-            plots=tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots),
-        )
-        logger.info("config %s: %d rows", student.key, table.num_rows)
-
+    entries = {student.key: _write_student(work, student, dest) for student in work.students}
     reflections = release_reflections(work.files)
     rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
     write_table(reflections, dest / rel, digest=False)
