@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 # The one import of the stage code: everything below reaches the stages through these names.
 from recycled_datasets.stages import BuildConfig, BuildResult, build
 from recycled_datasets.workdir import StudentFiles, Workdir
-from recycled_datasets.workdir.files import digest_path
+from recycled_datasets.workdir.files import digest_path, fingerprint
 
 from .config import SRecycledConfig
 
@@ -102,8 +102,5 @@ def inputs_digest(workdir: Path, source: str | None) -> str:
             h.update(f"{path.relative_to(wd.root)}\0".encode())
             h.update(sidecar.read_bytes() if sidecar.is_file() else path.read_bytes())
     if source is not None and Path(source).exists():
-        root = Path(source)
-        for path in sorted([root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())):
-            stat = path.stat()
-            h.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        fingerprint(Path(source), h)
     return h.hexdigest()[:16]

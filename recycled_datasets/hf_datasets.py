@@ -73,10 +73,16 @@ def load_dataset(name: str, *args: Any, **kwargs: Any) -> Any:
 
     ``datasets`` caches a local folder's configs under the folder's base name and config name, not its full path
     or its files' contents, so two releases both named ``dataset`` (or one rebuilt in place) can be served each
-    other's cached rows. Local folders are small next to what they cost to get wrong: they are prepared again.
+    other's cached rows or features. A local folder is prepared again, in a cache folder of its own keyed by its
+    path and its files' sizes and times (small next to what a stale read costs).
     """
     import datasets
 
-    if Path(name).expanduser().exists():
+    from recycled_datasets.workdir.files import fingerprint
+
+    local = Path(name).expanduser()
+    if local.exists():
         kwargs.setdefault("download_mode", datasets.DownloadMode.FORCE_REDOWNLOAD)
+        key = fingerprint(local)[:16]
+        kwargs.setdefault("cache_dir", str(Path(datasets.config.HF_DATASETS_CACHE) / "srecycle-local" / key))
     return datasets.load_dataset(name, *args, **kwargs)
