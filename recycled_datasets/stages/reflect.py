@@ -10,6 +10,7 @@ the rows are judged again from the teacher's stored answers without a call
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -111,12 +112,14 @@ class ReflectStage(Stage):
     def __post_init__(self) -> None:
         self.gates = self.gates or GateConfig()
 
+    @functools.cached_property
     def _existing(self) -> tuple[pl.DataFrame | None, dict[str, Any] | None]:
+        """The workdir's reflections before this run (read once: done() and the run share them)."""
         return read_reflections(self.workdir) if has_reflections(self.workdir) else (None, None)
 
     def done(self) -> bool:
         """Every row is in the table and was judged with these gates (or came from the reference authors)."""
-        existing, meta = self._existing()
+        existing, meta = self._existing
         if existing is None or meta is None:
             return False
         have = set(existing["id"].to_list())
@@ -196,7 +199,7 @@ class ReflectStage(Stage):
     def _run(self) -> StageStats:
         import polars as pl
 
-        existing, meta = self._existing()
+        existing, meta = self._existing
         have = set(existing["id"].to_list()) if existing is not None else set()
         missing = [row for row in self.rows if row.id not in have]
         detail: dict[str, Any] = {}
@@ -239,5 +242,5 @@ class ReflectStage(Stage):
 
 def read_rows(workdir: Workdir | Path, ids: Sequence[str]) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The reflections of ``ids`` (in that order) and reflections.json, as the later stages read them."""
-    frame, meta = read_reflections(Workdir(Path(workdir)) if not isinstance(workdir, Workdir) else workdir)
+    frame, meta = read_reflections(workdir)
     return rows_of(frame, ids), meta

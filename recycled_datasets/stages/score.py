@@ -7,6 +7,7 @@ every pair's text), so a changed reflection or setting rescores. Finished sequen
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -88,7 +89,9 @@ class ScoreStage(Stage):
     spec: StudentSpec
     settings: ScoreConfig = field(default_factory=ScoreConfig)
 
+    @functools.cached_property
     def _inputs(self) -> tuple[list[str], list[str], list[Pair], dict[str, Any]]:
+        """The pairs to score and scores.json's record of them (read once: done() and the run share them)."""
         reflections, _ = read_rows(self.workdir, self.ids)
         ids, variants, pairs = pairs_of(reflections)
         meta = {
@@ -100,10 +103,10 @@ class ScoreStage(Stage):
         return ids, variants, pairs, meta
 
     def done(self) -> bool:
-        return read_scores_meta(self.workdir, self.spec.key) == self._inputs()[3]
+        return read_scores_meta(self.workdir, self.spec.key) == self._inputs[3]
 
     def reuse(self) -> StageStats:
-        pairs = self._inputs()[3]["pairs"]
+        pairs = self._inputs[3]["pairs"]
         logger.info("%s: reusing the scores of %d pairs", self.spec.key, pairs)
         return StageStats(self.name, rows=pairs, reused=pairs)
 
@@ -112,7 +115,7 @@ class ScoreStage(Stage):
 
         from recycled_datasets.scoring import score_pairs
 
-        ids, variants, pairs, meta = self._inputs()
+        ids, variants, pairs, meta = self._inputs
         key = self.spec.key
         if read_scores_meta(self.workdir, key) is not None:
             logger.info("%s: scores.json differs from this build (student, settings or reflections): rescoring", key)

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def _as(workdir: Workdir | Path | str) -> Workdir:
+def as_workdir(workdir: Workdir | Path | str) -> Workdir:
+    """``workdir`` as a :class:`Workdir` (a path is wrapped)."""
     return workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
 
 
@@ -56,13 +57,13 @@ def checked(table: pa.Table, path: Path, columns: Sequence[str], regenerate: str
 
 # ---- reflections --------------------------------------------------------------------------------------------
 def has_reflections(workdir: Workdir | Path) -> bool:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     return wd.reflections.is_file() and wd.reflections_meta.is_file()
 
 
 def read_reflections(workdir: Workdir | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The workdir's reflections table and its metadata, or a :class:`StoreError` saying what to run."""
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     if not has_reflections(wd):
         raise StoreError(
             f"{wd.root} has no reflections yet: run srecycle build --source ... --teacher ... --workdir {wd.root} "
@@ -76,19 +77,19 @@ def read_reflections(workdir: Workdir | Path) -> tuple[pl.DataFrame, dict[str, A
 
 def read_reflections_table(workdir: Workdir | Path) -> pa.Table:
     """The wide reflections table as arrow (for the release views)."""
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     table = read_table(wd.reflections, wd.command_for(wd.reflections))
     return checked(table, wd.reflections, REFLECTION_COLUMNS, wd.command_for(wd.reflections))
 
 
 def read_reflections_meta(workdir: Workdir | Path) -> dict[str, Any]:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     return read_json(wd.reflections_meta, wd.command_for(wd.reflections_meta))
 
 
 def write_reflections(workdir: Workdir | Path, frame: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
     """Write the workdir's reflections table and its metadata."""
-    return write_reflections_file(_as(workdir).reflections, frame, meta)
+    return write_reflections_file(as_workdir(workdir).reflections, frame, meta)
 
 
 def write_reflections_file(path: Path, frame: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,13 +102,13 @@ def write_reflections_file(path: Path, frame: pl.DataFrame, meta: Mapping[str, A
 
 # ---- scores -------------------------------------------------------------------------------------------------
 def read_scores(workdir: Workdir | Path, key: str) -> pl.DataFrame:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     return read_frame(files.scores, wd.command(files.scores.name, key))
 
 
 def read_scores_table(workdir: Workdir | Path, key: str) -> pa.Table:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     table = read_table(files.scores, wd.command(files.scores.name, key))
     return checked(table, files.scores, scores_schema().names, wd.command(files.scores.name, key))
@@ -115,7 +116,7 @@ def read_scores_table(workdir: Workdir | Path, key: str) -> pa.Table:
 
 def read_scores_meta(workdir: Workdir | Path, key: str) -> dict[str, Any] | None:
     """scores.json of ``key``, or None when the student has no scores yet."""
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     if not (files.scores.is_file() and files.scores_meta.is_file()):
         return None
@@ -123,7 +124,7 @@ def read_scores_meta(workdir: Workdir | Path, key: str) -> dict[str, Any] | None
 
 
 def write_scores(workdir: Workdir | Path, key: str, frame: pl.DataFrame, meta: Mapping[str, Any]) -> Path:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     write_frame(frame, files.scores, scores_schema())
     write_json(files.scores_meta, dict(meta))
@@ -133,7 +134,7 @@ def write_scores(workdir: Workdir | Path, key: str, frame: pl.DataFrame, meta: M
 # ---- subset and report --------------------------------------------------------------------------------------
 def write_subset(workdir: Workdir | Path, key: str, frame: pl.DataFrame, report: Mapping[str, Any]) -> Path:
     """Write a student's subset and its selection report."""
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     write_frame(frame, files.subset, subset_schema(context=CONTEXT_COLUMN in frame.columns))
     atomic_write_bytes(files.report, report_bytes(report))
@@ -141,13 +142,13 @@ def write_subset(workdir: Workdir | Path, key: str, frame: pl.DataFrame, report:
 
 
 def read_subset_table(workdir: Workdir | Path, key: str) -> pa.Table:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     table = read_table(files.subset, wd.command(files.subset.name, key))
     return checked(table, files.subset, subset_schema().names, wd.command(files.subset.name, key))
 
 
 def read_report(workdir: Workdir | Path, key: str) -> dict[str, Any]:
-    wd = _as(workdir)
+    wd = as_workdir(workdir)
     files = wd.student(key)
     return read_json(files.report, wd.command(files.report.name, key))

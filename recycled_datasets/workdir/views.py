@@ -22,19 +22,20 @@ from recycled_datasets.workdir.schema import (
     scores_schema,
     subset_schema,
 )
-from recycled_datasets.workdir.tables import read_reflections_table, read_scores_table, read_subset_table
+from recycled_datasets.workdir.tables import (
+    as_workdir,
+    read_reflections_table,
+    read_scores_table,
+    read_subset_table,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
-def _wd(workdir: Workdir | Path) -> Workdir:
-    return workdir if isinstance(workdir, Workdir) else Workdir(Path(workdir))
-
-
 def release_subset(workdir: Workdir | Path, key: str) -> pa.Table:
     """Student ``key``'s config: its subset with the row as chat turns (``messages``, ``prompt``, ``completion``)."""
-    table = read_subset_table(_wd(workdir), key)
+    table = read_subset_table(as_workdir(workdir), key)
     plain = conform(table, subset_schema())
     return conform(add_chat_columns(plain, contexts_of(table)), release_subset_schema())
 
@@ -75,7 +76,7 @@ def long_reflections(wide: pa.Table) -> pa.Table:
 
 def release_reflections(workdir: Workdir | Path) -> pa.Table:
     """The ``reflections`` config: every variant of every source row (student independent)."""
-    return long_reflections(read_reflections_table(_wd(workdir)))
+    return long_reflections(read_reflections_table(as_workdir(workdir)))
 
 
 def release_scores(workdir: Workdir | Path, keys: Sequence[str]) -> pa.Table:
@@ -83,7 +84,7 @@ def release_scores(workdir: Workdir | Path, keys: Sequence[str]) -> pa.Table:
     variant's text, so others can cut their own subsets from the same scores."""
     import pyarrow as pa
 
-    wd = _wd(workdir)
+    wd = as_workdir(workdir)
     wide = read_reflections_table(wd)
     ids = wide.column("id").to_pylist()
     texts: dict[tuple[str, str], tuple[str, str, str]] = {}
