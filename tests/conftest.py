@@ -72,3 +72,30 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_llama(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# The one build with the embedded SmolLM2 teacher that the slow tests share (made once per test run, on first
+# use): the README's builder example's options, so the installed-builder test compares against it too.
+EMBEDDED_BUILD_ARGS = (
+    "--source", "sample", "--limit", "3", "--student", "smollm2-135m", "--teacher", "local",
+    "--max-new-tokens", "48", "--keep-unreflected",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def embedded_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(workdir, what the build printed) of ``srecycle build`` with :data:`EMBEDDED_BUILD_ARGS`; read-only."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("embedded-build") / "work"
+    done = subprocess.run(
+        [sys.executable, "-m", "recycled_datasets", "build", *EMBEDDED_BUILD_ARGS, "--quiet", "--workdir", workdir],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, f"the shared embedded build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return workdir, done.stdout

@@ -397,18 +397,17 @@ def test_public_source_without_network_points_to_a_local_file(tmp_path: Path, ca
 
 
 @pytest.mark.slow
-def test_build_with_the_embedded_teacher(tmp_path: Path):
-    """The local SmolLM2 teacher end to end on 2 sample rows (slow: generation on shared CPU cores).
+def test_build_with_the_embedded_teacher(embedded_build: tuple[Path, str]):
+    """The local SmolLM2 teacher end to end on 3 sample rows (the shared build; slow: generation on CPU).
 
     With so small a budget the 135M teacher rarely closes its sections, so most variants fall back to the
-    originals and paper mode would keep nothing: --keep-unreflected keeps the ori finals.
+    originals and paper mode would keep nothing: the build keeps the ori finals (--keep-unreflected).
     """
     import datasets
 
-    workdir = tmp_path / "local"
-    build(workdir, "--max-new-tokens", "32", "--keep-unreflected", teacher="local", rows=2)
+    workdir, _ = embedded_build
     meta = json.loads((workdir / "reflections.json").read_text())
-    assert meta["teacher"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["teacher"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["rows"] == 3
     subset = pl.read_parquet(workdir / "students" / STUDENT / "subset.parquet")
     assert subset.height > 0
     loaded = datasets.load_dataset(str(workdir / "dataset"), STUDENT, split="train")

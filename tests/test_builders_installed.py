@@ -4,7 +4,7 @@ builder example run from outside the repo gives the subset that ``srecycle build
 The fresh venv gets the test venv's installed dependencies through a ``.pth`` line (no download, no
 reinstall); a ``.pth`` line adds a folder to ``sys.path`` without running that folder's own ``.pth`` files,
 so the test venv's editable install of this checkout cannot leak in. Slow: the embedded teacher generates on
-CPU, twice (builder and CLI, each in its own workdir).
+CPU, for the builder here and once for the CLI's shared build (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from recycled_datasets.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "smollm2-135m"
@@ -108,7 +106,7 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, di
 
 
 def test_the_readme_builder_example_from_an_installed_package_gives_the_cli_subset(
-    fresh_venv: tuple[Path, Path, dict[str, str]], tmp_path: Path
+    fresh_venv: tuple[Path, Path, dict[str, str]], tmp_path: Path, embedded_build: tuple[Path, str]
 ):
     venv, python, env = fresh_venv
     outside = tmp_path / "user"
@@ -124,11 +122,9 @@ def test_the_readme_builder_example_from_an_installed_package_gives_the_cli_subs
     assert where["editable"] == []
     assert str(ROOT) not in where["path"]
 
-    cli = tmp_path / "cli"
-    main(
-        ["build", "--source", "sample", "--student", STUDENT, "--teacher", "local", "--workdir", str(cli)]
-        + ["--limit", "3", "--max-new-tokens", "48", "--keep-unreflected", "--quiet"]
-    )
+    # the CLI's build with the example's options is the shared one (tests/conftest.py: EMBEDDED_BUILD_ARGS)
+    assert "limit=3" in readme_example() and "max_new_tokens=48" in readme_example()
+    cli, _ = embedded_build
     released = pq.read_table(cli / "dataset" / STUDENT / "train-00000-of-00001.parquet")
     built = pq.read_table(outside / "subset.parquet")
     assert built.num_rows > 0

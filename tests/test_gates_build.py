@@ -78,15 +78,9 @@ def test_a_leaking_teacher_is_caught_counted_and_kept_out_of_the_subset(tmp_path
 
 @pytest.mark.slow
 def test_the_embedded_teacher_on_the_bundled_sample_leaves_no_prompt_text_in_the_subset(
-    tmp_path: Path, capsys, monkeypatch
+    embedded_build: tuple[Path, str],
 ):
-    monkeypatch.setenv("COLUMNS", "200")
-    workdir = tmp_path / "work"
-    main(
-        ["build", "--workdir", str(workdir), "--student", STUDENT, "--source", "sample", "--limit", "4"]
-        + ["--teacher", "local", "--max-new-tokens", "96", "--keep-unreflected", "--quiet"]
-    )
-    printed = capsys.readouterr().out
+    workdir, printed = embedded_build
     assert "replies refused, per reason (attempts)" in printed and "teacher text refused" in printed
     report = json.loads((workdir / "students" / STUDENT / "report.json").read_text())
     reflections = pl.read_parquet(workdir / "reflections.parquet")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-import polars as pl
 import pytest
 from teacher_server import Faults, TeacherServer, payload_content_key
 from teacher_server import reflect_config as config
@@ -247,12 +246,16 @@ def test_server_that_keeps_failing_stops_the_run_and_keeps_finished_answers(tmp_
             reflect_rows(ROWS[:1], config(srv.url, tmp_path / "s", max_retries=2))
 
 
-def test_killed_request_keys_match_server_content_keys(server, tmp_path):
-    """The test helper that maps stored requests to server content keys agrees with the server."""
+def test_the_store_holds_exactly_what_the_server_answered_and_a_rerun_sends_nothing(server, tmp_path):
+    """Every answer is stored as it arrives, under the request the server answered; a rerun reads them all back."""
     reflect_rows(ROWS[:1], config(server.url, tmp_path / "s"))
     with AnswerStore.open(tmp_path / "s") as store:
         stored = {payload_content_key(req) for _, req in store.requests()}
-    assert stored == set(server.answered())
+    assert stored == set(server.answered()) and len(stored) == 3
+    sent = server.generation_requests()
+    again = reflect_rows(ROWS[:1], config(server.url, tmp_path / "s"))
+    assert server.generation_requests() == sent
+    assert again.table["ins_status"].to_list() == [STATUS_OK]
 
 
 def test_dry_run_counts_calls_and_stored_answers(server, tmp_path):
@@ -280,14 +283,6 @@ def test_dry_run_parses_stored_replies_like_the_run(tmp_path):
         plan = plan_rows(ROWS[:2], config(srv.url, tmp_path / "s"))
     assert result.table["ins_instruction"].str.starts_with("Explain ").all()
     assert (plan.calls, plan.cached) == (0, 6)  # the both requests the run made are the ones the plan finds
-
-
-def test_reflections_table_round_trips_through_parquet(server, tmp_path):
-    result = reflect_rows(ROWS[:2], config(server.url, tmp_path / "s"))
-    path = tmp_path / "reflections.parquet"
-    result.table.write_parquet(path)
-    back = pl.read_parquet(path)
-    assert back.equals(result.table) and back.schema["source_index"] == pl.Int64
 
 
 def test_teacher_server_is_reachable_when_the_hub_is_offline(server, tmp_path, monkeypatch):

@@ -9,11 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
-
-try:  # typer >= 0.20 vendors its own copy of click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer
-    from click import exceptions as click_exceptions
+from typer._click import exceptions as click_exceptions  # typer >= 0.26 vendors click (pyproject's floor)
 
 from recycled_datasets import __version__
 from recycled_datasets.errors import RecycledError
