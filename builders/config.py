@@ -59,6 +59,8 @@ class SRecycledConfig(datasets.BuilderConfig):
         skip_invalid: drop invalid source rows (counted) instead of stopping at the first.
         max_length: tokens per scored sequence; longer ones are truncated.
         dtype: the students' dtype when scoring (``bfloat16`` or ``float32``; ``None``: the student's own).
+        scoring: the scores' token layout, ``reference`` or ``split`` (``None``: the student's, else reference for
+            single-turn alpaca/vicuna/wizardlm rows, else split; docs/method.md, section 3).
         batch_tokens: padded tokens per scoring forward pass (``None``: by device).
         gates: quality-gate settings ``NAME=VALUE`` (``srecycle build --gate``), e.g. ``max_repeats=4``.
         gates_off: quality gates not to run (``srecycle build --gate-off``).
@@ -79,6 +81,7 @@ class SRecycledConfig(datasets.BuilderConfig):
     skip_invalid: bool = False
     max_length: int = 2048
     dtype: str | None = None
+    scoring: str | None = None
     batch_tokens: int | None = None
     gates: tuple[str, ...] = ()
     gates_off: tuple[str, ...] = ()
@@ -98,7 +101,7 @@ class SRecycledConfig(datasets.BuilderConfig):
                 raise ConfigError(f"{what} must be at least 1, not {value!r}")
         # Build the stage settings once, so each of their own checks runs now.
         self.selection()
-        self.scoring()
+        self.score_config()
         self.gate_config()
 
     def _check_name(self) -> None:
@@ -131,11 +134,13 @@ class SRecycledConfig(datasets.BuilderConfig):
 
         return SelectionConfig(mode=self.mode, top_k=self.top_k, top_p=self.top_p)
 
-    def scoring(self) -> ScoreConfig:
+    def score_config(self) -> ScoreConfig:
         """The scoring settings (the template goes to the student itself, as ``srecycle build`` does)."""
         from recycled_datasets.scoring import ScoreConfig
 
-        return ScoreConfig(max_length=self.max_length, dtype=self.dtype, batch_tokens=self.batch_tokens)
+        return ScoreConfig(
+            max_length=self.max_length, dtype=self.dtype, batch_tokens=self.batch_tokens, scoring=self.scoring
+        )
 
     def gate_config(self) -> GateConfig:
         from recycled_datasets.teacher.gates import GateConfig

@@ -50,7 +50,7 @@ def _build_config(config: SRecycledConfig, spec: StudentSpec, *, release: bool =
         limit=config.limit,
         skip_invalid=config.skip_invalid,
         selection=config.selection(),
-        scoring=config.scoring(),
+        scoring=config.score_config(),
         release=release,
         gates=config.gate_config(),
     )

@@ -42,6 +42,8 @@ class StudentSpec:
         template: prompt format the student is scored (and fine-tuned) with.
         dtype: default compute dtype for scoring.
         base_model: the Hub id to name in model cards (defaults to ``model`` when that is a Hub id).
+        scoring: the token layout of its scores, ``reference`` or ``split`` (docs/method.md, section 3); empty: the
+            reference where it exists (single-turn rows in the alpaca, vicuna and wizardlm formats), else split.
     """
 
     key: str
@@ -51,9 +53,12 @@ class StudentSpec:
     dtype: str = "bfloat16"
     description: str = ""
     base_model: str = ""
+    scoring: str = ""
 
     def __post_init__(self) -> None:
         check_config_name(self.key)
+        if self.scoring not in ("", "reference", "split"):
+            raise ConfigError(f"student {self.key}: scoring must be reference or split, not {self.scoring!r}")
         if self.template not in TEMPLATES:
             raise ConfigError(
                 f"student {self.key}: unknown template {self.template!r} (one of {', '.join(TEMPLATES)})"

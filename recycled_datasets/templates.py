@@ -54,6 +54,37 @@ REVERSE_REQUEST = (
 )
 
 
+# The `reference` scoring convention (docs/method.md, section 3): the request strings of the reference authors'
+# scoring script (tianyi-lab/Reflection_Tuning, selection_code/data_analysis.py; Cherry_LLM's is the same),
+# format constants kept byte-exact so that IFD and r-IFD match the published scores. Their Alpaca and WizardLM
+# prompts are the ones above; their Vicuna prompt for a row with an input labels the input:
+VICUNA_WITH_INPUT_REFERENCE = VICUNA_SYSTEM + " USER: {instruction}\nInput:\n{input} ASSISTANT:"
+# Their guess-the-instruction request, wrapped in the format's no-input prompt; the target x' is
+# instruction + input with no separator.
+REFERENCE_REVERSE_REQUEST = (
+    "Below is the response to an instruction, please guess the corresponding instruction for the given response.\n"
+    "{response}\nGenerate the instruction for the above response."
+)
+REFERENCE_TEMPLATES: tuple[str, ...] = ("alpaca", "vicuna", "wizardlm")
+
+
+def reference_prompt(template: str, instruction: str, input: str = "") -> str:
+    """``T(x, i)`` as the reference script writes it (single-turn rows, alpaca / vicuna / wizardlm only)."""
+    if template == "vicuna" and input:
+        return VICUNA_WITH_INPUT_REFERENCE.format(instruction=instruction, input=input)
+    if template not in REFERENCE_TEMPLATES:
+        raise ConfigError(
+            f"the reference scoring convention has no {template!r} form (only {', '.join(REFERENCE_TEMPLATES)}): "
+            "use --scoring split"
+        )
+    return render_prompt(template, instruction, input)
+
+
+def reference_reverse_prompt(template: str, response: str) -> str:
+    """The reference's r-IFD prompt: its guess-the-instruction request in the format's no-input prompt."""
+    return reference_prompt(template, REFERENCE_REVERSE_REQUEST.format(response=response))
+
+
 def _joined(instruction: str, input: str) -> str:
     return f"{instruction}\n{input}" if input else instruction
 

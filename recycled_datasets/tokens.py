@@ -1,5 +1,9 @@
 """The token layout of a (prompt, target) pair for a student: the one place the scorer and the trainer share.
 
+Two conventions (docs/method.md, section 3), chosen by :func:`resolve_scoring`: ``split`` (this module's
+:func:`lay_out`, below) and ``reference`` (:func:`lay_out_reference`: exactly the reference authors' scoring
+script, for single-turn rows in the alpaca, vicuna and wizardlm formats). The ``split`` layout:
+
 A subset is selected by how a student scored its pairs, so fine-tuning must train on the very token ids that
 were scored (docs/method.md, section 3, "Token layout"). :func:`lay_out` is that layout, and both
 ``scoring.plan`` (what the student scores) and ``finetune.data`` (what the student trains on) build their
@@ -22,10 +26,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from recycled_datasets.errors import ConfigError
 from recycled_datasets.records import Turn
-from recycled_datasets.templates import render_prompt
+from recycled_datasets.templates import REFERENCE_TEMPLATES, reference_prompt, render_prompt
 
 IGNORE_INDEX = -100  # the label of a token that carries no loss (PyTorch's cross-entropy default)
+SCORINGS: tuple[str, ...] = ("reference", "split")
+
+
+def resolve_scoring(scoring: str | None, template: str, *, multi_turn: bool) -> str:
+    """The scoring convention to use: the one asked for, else ``reference`` where it exists, else ``split``.
+
+    ``reference`` exists for single-turn rows in the alpaca, vicuna and wizardlm formats (the reference script has
+    no chat form and no earlier turns); asking for it elsewhere is an error rather than a silent switch.
+    """
+    if scoring is None or scoring == "":
+        return "reference" if template in REFERENCE_TEMPLATES and not multi_turn else "split"
+    if scoring not in SCORINGS:
+        raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
+    if scoring == "reference":
+        if template not in REFERENCE_TEMPLATES:
+            raise ConfigError(
+                f"--scoring reference exists for the {', '.join(REFERENCE_TEMPLATES)} templates, not {template!r} "
+                "(the reference script has no chat form): use --scoring split"
+            )
+        if multi_turn:
+            raise ConfigError(
+                "--scoring reference scores single-turn rows only (the reference script has no earlier turns); "
+                "these rows have earlier turns: use --scoring split"
+            )
+    return scoring
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +173,75 @@ def lay_out(
             )
         )
     return layouts
+
+
+def encode_whole(tokenizer: Any, texts: Sequence[str], max_lengths: Sequence[int | None]) -> list[list[int]]:
+    """``tokenizer.encode(text, truncation=True, max_length=m)`` of each text, as the reference script calls it.
+
+    Special tokens as the tokenizer adds them. One batched call; only a text longer than its ``m`` is encoded again
+    with the tokenizer's own truncation, so where the special tokens go after a cut is the tokenizer's business.
+    """
+    if not texts:
+        return []
+    full = tokenizer(list(texts))["input_ids"]
+    out = []
+    for text, ids, limit in zip(texts, full, max_lengths, strict=True):
+        if limit is not None and len(ids) > limit:
+            ids = tokenizer.encode(text, truncation=True, max_length=limit)
+        out.append(list(ids))
+    return out
+
+
+def lay_out_reference(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    spans: Sequence[str] | None = None,
+    max_length: int,
+    stop: bool = False,
+) -> list[Layout]:
+    """The reference script's conditioned pass: ``prompt + target`` tokenized as one string, cut at ``max_length``.
+
+    The loss starts after the first ``len(encode(text[:text.rfind(span)]))`` tokens (``span`` defaults to the
+    target; the reference's r-IFD pass looks for the instruction alone, its input following it). Tokens merged
+    across the boundary stay merged, as they did for the reference. ``stop`` appends EOS for training when there
+    is room and the tokenizer did not already end the sequence with it.
+    """
+    spans = targets if spans is None else spans
+    wholes = [p + t for p, t in zip(prompts, targets, strict=True)]
+    cuts = [w[: w.rfind(span)] for w, span in zip(wholes, spans, strict=True)]
+    ids_of = encode_whole(tokenizer, wholes, [max_length] * len(wholes))
+    untruncated = [len(i) for i in tokenizer(wholes)["input_ids"]] if wholes else []
+    prefix_lengths = [len(i) for i in encode_whole(tokenizer, cuts, [None] * len(cuts))]
+    prompt_lengths = [len(i) for i in encode_whole(tokenizer, list(prompts), [None] * len(prompts))]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    layouts = []
+    for prompt, ids, total, prefix, n_prompt in zip(
+        prompts, ids_of, untruncated, prefix_lengths, prompt_lengths, strict=True
+    ):
+        start = max(prefix, 1)  # the first token is never predicted (a model's labels= path shifts by one)
+        if stop and eos is not None and len(ids) < max_length and (not ids or ids[-1] != eos):
+            ids = [*ids, eos]
+        layouts.append(
+            Layout(
+                prompt=prompt,
+                prompt_tokens=n_prompt,
+                target_tokens=max(0, total - start),
+                ids=tuple(ids),
+                start=min(start, len(ids)),
+            )
+        )
+    return layouts
+
+
+def reference_layouts(
+    tokenizer: Any, template: str, exchanges: Sequence[Exchange], *, max_length: int, stop: bool = False
+) -> list[Layout]:
+    """Each single-turn exchange in the reference script's layout (the trainer's entry point; see above)."""
+    prompts = []
+    for e in exchanges:
+        if e.context:
+            raise ConfigError("the reference scoring convention has no form for rows with earlier turns")
+        prompts.append(reference_prompt(template, e.instruction, e.input))
+    return lay_out_reference(tokenizer, prompts, [e.target for e in exchanges], max_length=max_length, stop=stop)

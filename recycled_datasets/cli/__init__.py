@@ -44,7 +44,19 @@ def _root(
 
 def _register() -> None:
     # One module per command; each imports only typer and the standard library at module level.
-    from recycled_datasets.cli import build, demo, evaluate, finetune, generate, judge, push, reflect, score, students
+    from recycled_datasets.cli import (
+        build,
+        demo,
+        evaluate,
+        finetune,
+        generate,
+        import_scores,
+        judge,
+        push,
+        reflect,
+        score,
+        students,
+    )
 
     app.command("demo")(demo.demo)
     app.command("reflect")(reflect.reflect)
@@ -52,6 +64,7 @@ def _register() -> None:
     app.command("select")(build.select)
     app.command("build")(build.build)
     app.command("import-reflections")(build.import_reflections)
+    app.command("import-scores")(import_scores.import_scores)
     app.command("push")(push.push)
     app.command("push-model")(push.push_model)
     app.command("finetune")(finetune.finetune)

@@ -24,6 +24,15 @@ Dtype = Annotated[
     str | None,
     typer.Option("--dtype", help="bfloat16 (default; losses reduced in fp32) or float32 (exact, slower)."),
 ]
+Scoring = Annotated[
+    str | None,
+    typer.Option(
+        "--scoring",
+        help="Token layout of the scores: reference (exactly the reference authors' script; alpaca, vicuna, "
+        "wizardlm single-turn rows) or split (the project's; any template, chat rows). Default: the student's, "
+        "else reference where it exists, else split.",
+    ),
+]
 BatchTokens = Annotated[
     int | None,
     typer.Option("--batch-tokens", min=16, help="Padded tokens per forward pass. Default: 8192 CPU, 65536 GPU."),

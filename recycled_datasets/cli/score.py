@@ -12,6 +12,7 @@ from recycled_datasets.cli.options import (
     Dtype,
     MaxLength,
     Quiet,
+    Scoring,
     SkipInvalid,
     Student,
     StudentsFile,
@@ -28,6 +29,7 @@ def score(
     template: Template = None,
     max_length: MaxLength = 2048,
     dtype: Dtype = None,
+    scoring: Scoring = None,
     batch_tokens: BatchTokens = None,
     students_file: StudentsFile = None,
     skip_invalid: SkipInvalid = False,
@@ -56,25 +58,28 @@ def score(
     check_distinct(output, [input])
     spec = resolve_student(student, template=template, dtype=dtype, students_file=students_file)
     data = read_source(input, skip_invalid=skip_invalid, limit=limit)
+    from recycled_datasets.scoring import ScoreConfig
+
+    parts = output.parent / f".{output.name}.parts"
+    config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts, scoring=scoring)
     if not dist.main:
-        _score(data, spec, output, max_length, batch_tokens, started=time.monotonic())
+        _score(data, spec, output, config, started=time.monotonic())
         return
     with locked(output.parent, what="score output", name=f".{output.name}.lock"):
-        _score(data, spec, output, max_length, batch_tokens, started=time.monotonic())
+        _score(data, spec, output, config, started=time.monotonic())
 
 
-def _score(data, spec, output: Path, max_length: int, batch_tokens: int | None, *, started: float) -> None:  # noqa: ANN001
+def _score(data, spec, output: Path, config, *, started: float) -> None:  # noqa: ANN001
     """Score, write OUTPUT atomically, drop the checkpoints, print the summary (rank 0 only)."""
     import time
 
     from recycled_datasets.records import Pair
-    from recycled_datasets.scoring import ScoreConfig, score_pairs
+    from recycled_datasets.scoring import score_pairs, scoring_of
     from recycled_datasets.workdir.schema import row_scores_schema
     from recycled_datasets.workdir.tables import write_frame
 
-    parts = output.parent / f".{output.name}.parts"
-    config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts)
-    frame = score_pairs([Pair(r.instruction, r.input, r.output, r.context) for r in data.rows], spec, config)
+    pairs = [Pair(r.instruction, r.input, r.output, r.context) for r in data.rows]
+    frame = score_pairs(pairs, spec, config)
     if frame is None:  # not rank 0 of a distributed run
         return
     import polars as pl
@@ -86,8 +91,16 @@ def _score(data, spec, output: Path, max_length: int, batch_tokens: int | None, 
     write_frame(frame, output, row_scores_schema())
     import shutil
 
-    shutil.rmtree(parts, ignore_errors=True)
-    _summary(frame, output, spec.key, spec.template, len(data.invalid), time.monotonic() - started)
+    shutil.rmtree(config.cache_dir, ignore_errors=True)
+    scoring = scoring_of(config, spec, spec.template, pairs)
+    _summary(
+        frame,
+        output,
+        spec.key,
+        f"{spec.template} template, {scoring} scoring",
+        len(data.invalid),
+        time.monotonic() - started,
+    )
 
 
 def _summary(frame, output: Path, student: str, template: str, skipped: int, seconds: float) -> None:  # noqa: ANN001
@@ -97,7 +110,7 @@ def _summary(frame, output: Path, student: str, template: str, skipped: int, sec
     from recycled_datasets.progress import console
 
     ok = frame.filter(pl.col("status") == "ok")
-    table = Table(title=f"scores of {student} ({template} template) -> {output}")
+    table = Table(title=f"scores of {student} ({template}) -> {output}")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("rows scored", str(frame.height))

@@ -8,6 +8,7 @@ from typing import Any
 
 from recycled_datasets.errors import ConfigError
 from recycled_datasets.templates import validate_template
+from recycled_datasets.tokens import SCORINGS
 
 
 @dataclass
@@ -24,6 +25,12 @@ class FinetuneConfig:
     )
     template: str | None = field(
         default=None, metadata={"help": "Prompt format; default: the template the student was scored with."}
+    )
+    scoring: str | None = field(
+        default=None,
+        metadata={
+            "help": "Token layout (reference or split); default: the one the subset was scored with (its report)."
+        },
     )
     dataset_revision: str | None = field(
         default=None, metadata={"help": "Hub revision of the dataset (branch, tag or commit). Default: the latest."}
@@ -74,6 +81,8 @@ class FinetuneConfig:
             raise ConfigError("--config is required: the student's key, which names the subset")
         if self.template is not None:
             validate_template(self.template)
+        if self.scoring is not None and self.scoring not in SCORINGS:
+            raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
         positive = {
             "learning_rate": self.learning_rate,
             "epochs": self.epochs,

@@ -15,7 +15,7 @@ from typing import Any
 from recycled_datasets.chat import last_exchange_context
 from recycled_datasets.errors import ConfigError, HubError, InputError
 from recycled_datasets.hub.ids import is_repo_id
-from recycled_datasets.tokens import Exchange, lay_out
+from recycled_datasets.tokens import Exchange, lay_out, reference_layouts
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class Subset:
     rows: Any  # datasets.Dataset
     revision: str | None
     license: str
+    scoring: str | None = None  # the token layout its scores were taken with (its report), when recorded
 
 
 def _is_local(dataset: str) -> bool:
@@ -48,6 +49,31 @@ def _card_license(readme: Path) -> str | None:
     if isinstance(value, list):
         value = value[0] if value else None
     return str(value) if value else None
+
+
+def _report_scoring(report: Path | None) -> str | None:
+    """The scoring convention a config's report.json records for its student (None for older releases)."""
+    if report is None or not report.is_file():
+        return None
+    try:
+        student = json.loads(report.read_text(encoding="utf-8")).get("student") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise InputError(f"unreadable report ({e}); push the release again", path=str(report)) from e
+    value = student.get("scoring") if isinstance(student, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _hub_report(dataset: str, config: str, sha: str) -> Path | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from recycled_datasets.hub import hub_errors
+
+    with hub_errors(dataset, action="read dataset"):
+        try:
+            return Path(hf_hub_download(dataset, f"{config}/report.json", repo_type="dataset", revision=sha))
+        except EntryNotFoundError:
+            return None
 
 
 def _hub_revision_and_readme(dataset: str, revision: str | None) -> tuple[str, Path | None]:
@@ -119,17 +145,25 @@ def load_subset(dataset: str, config: str, *, revision: str | None = None) -> Su
         )
     if len(rows) == 0:
         raise InputError(f"config {config!r} has no rows to train on", path=dataset)
+    report = Path(path) / config / "report.json" if _is_local(dataset) else _hub_report(dataset, config, sha)
+    scoring = _report_scoring(report)
     license = _card_license(readme) if readme is not None else None
     if license is None:
         logger.warning(
             "the dataset card declares no license; recording %s (Alpaca/WizardLM-derived data)", DEFAULT_LICENSE
         )
         license = DEFAULT_LICENSE
-    return Subset(rows=rows, revision=sha, license=license)
+    return Subset(rows=rows, revision=sha, license=license, scoring=scoring)
 
 
 def training_examples(
-    rows: Any, tokenizer: Any, template: str, *, max_length: int | None = None, source: str | None = None
+    rows: Any,
+    tokenizer: Any,
+    template: str,
+    *,
+    scoring: str = "split",
+    max_length: int | None = None,
+    source: str | None = None,
 ) -> Any:
     """The subset in TRL's prompt-completion form, already tokenized by :func:`recycled_datasets.tokens.lay_out`.
 
@@ -139,12 +173,17 @@ def training_examples(
 
     Columns: ``id``, ``prompt`` (the scored prompt text), ``completion`` (response + EOS text), ``input_ids`` and
     ``completion_mask``. An empty instruction or response is an error: the scorer could not have scored it.
+    ``scoring`` is the convention the subset was scored with (``reference`` lays out as the reference script).
     """
     import datasets
 
     ids = [str(i) for i in rows["id"]] if "id" in rows.column_names else [str(i) for i in range(len(rows))]
     exchanges = _exchanges(rows, source=source)
-    layouts = lay_out(tokenizer, template, exchanges, max_length=max_length, stop=True)
+    if scoring == "reference":
+        limit = max_length if max_length is not None else 1 << 30
+        layouts = reference_layouts(tokenizer, template, exchanges, max_length=limit, stop=True)
+    else:
+        layouts = lay_out(tokenizer, template, exchanges, max_length=max_length, stop=True)
     keep = [i for i, layout in enumerate(layouts) if layout.n > 0]
     if len(keep) < len(layouts):
         logger.warning(

@@ -54,6 +54,7 @@ def finetune_metadata(job: TrainingJob, train_loss: float | None) -> dict[str, A
         "config": config.config,
         "dataset_revision": job.subset.revision,
         "template": job.template,
+        "scoring": job.scoring,
         "completion": "response followed by the tokenizer's EOS token; loss on the completion only",
         "hyperparameters": {
             "learning_rate": config.learning_rate,

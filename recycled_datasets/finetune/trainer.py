@@ -28,6 +28,7 @@ class TrainingJob:
     student: str
     base_model: str
     template: str
+    scoring: str
     subset: Subset
     gradient_accumulation_steps: int
     world_size: int
@@ -111,6 +112,19 @@ def _student_and_base(config: FinetuneConfig) -> tuple[Any, str, str, str | None
         except ConfigError as e:
             raise ConfigError(f"--base: {e}") from e
     return spec, template, pretrained_path(base_spec), base_spec.revision or None, base_spec.hub_id
+
+
+def _scoring(config: FinetuneConfig, spec: Any, template: str, subset: Any) -> str:
+    """The token layout to train on: asked for, else the one the subset's report records, else the default."""
+    from recycled_datasets.tokens import resolve_scoring
+
+    multi_turn = "messages" in subset.rows.column_names and any(len(m or ()) > 2 for m in subset.rows["messages"])
+    if config.scoring is None and subset.scoring is not None:
+        return resolve_scoring(subset.scoring, template, multi_turn=multi_turn)
+    scoring = resolve_scoring(config.scoring or spec.scoring or None, template, multi_turn=multi_turn)
+    if subset.scoring is not None and scoring != subset.scoring:
+        logger.warning("training with the %s layout, but the subset was scored with %s", scoring, subset.scoring)
+    return scoring
 
 
 def _batching(config: FinetuneConfig) -> tuple[int, int]:
@@ -198,7 +212,10 @@ def build_trainer(config: FinetuneConfig) -> TrainingJob:
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load the tokenizer of {base}: {type(e).__name__}: {e}") from e
     source = f"{config.dataset} [{config.config}]"
-    examples = training_examples(subset.rows, tokenizer, template, max_length=config.max_length, source=source)
+    scoring = _scoring(config, spec, template, subset)
+    examples = training_examples(
+        subset.rows, tokenizer, template, scoring=scoring, max_length=config.max_length, source=source
+    )
     try:
         model = AutoModelForCausalLM.from_pretrained(base, revision=revision, dtype=torch.float32)
     except (OSError, ValueError) as e:
@@ -215,6 +232,7 @@ def build_trainer(config: FinetuneConfig) -> TrainingJob:
         student=spec.key,
         base_model=base_model,
         template=template,
+        scoring=scoring,
         subset=subset,
         gradient_accumulation_steps=accumulation,
         world_size=world_size,

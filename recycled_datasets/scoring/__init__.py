@@ -23,6 +23,7 @@ from recycled_datasets.models import DTYPES, StudentSpec, load_model, load_token
 from recycled_datasets.records import SCORE_COLUMNS, Pair
 from recycled_datasets.scoring.plan import LOSS_NAMES
 from recycled_datasets.templates import validate_template
+from recycled_datasets.tokens import SCORINGS, resolve_scoring
 
 if TYPE_CHECKING:
     import polars as pl
@@ -46,6 +47,8 @@ class ScoreConfig:
             temporary folder removed at the end (no resume).
         flush_seconds: how often finished work is committed to ``cache_dir``.
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks the rank's GPU when there is one.
+        scoring: the token layout, ``reference`` (the reference script's, exactly) or ``split`` (the project's);
+            ``None``: the student's, else :func:`recycled_datasets.tokens.resolve_scoring`'s default.
     """
 
     template: str | None = None
@@ -55,10 +58,13 @@ class ScoreConfig:
     cache_dir: Path | None = None
     flush_seconds: float = 30.0
     device: str | None = None
+    scoring: str | None = None
 
     def __post_init__(self) -> None:
         if self.template is not None:
             validate_template(self.template)
+        if self.scoring is not None and self.scoring not in SCORINGS:
+            raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_length < 8:
@@ -95,14 +101,22 @@ def _device(config: ScoreConfig, dist: DistInfo) -> str:
     return f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
 
 
-def _setup(student: StudentSpec, template: str, dtype: str, max_length: int) -> dict[str, str | int]:
+def _setup(student: StudentSpec, template: str, dtype: str, max_length: int, scoring: str) -> dict[str, str | int]:
     return {
         "model": pretrained_path(student),
         "revision": student.revision,
         "template": template,
+        "scoring": scoring,
         "dtype": dtype,
         "max_length": max_length,
     }
+
+
+def scoring_of(config: ScoreConfig, student: StudentSpec, template: str, pairs: Sequence[Pair]) -> str:
+    """The convention these pairs are scored with: the config's, else the student's, else the default."""
+    return resolve_scoring(
+        config.scoring or student.scoring or None, template, multi_turn=any(p.context for p in pairs)
+    )
 
 
 def _init_distributed(dist: DistInfo, device: str) -> bool:
@@ -131,10 +145,11 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
     device = _device(config, dist)
     distributed = _init_distributed(dist, device)
 
+    scoring = scoring_of(config, student, template, pairs)
     tokenizer = load_tokenizer(student)
-    planner = Planner(tokenizer, template, config.max_length)
+    planner = Planner(tokenizer, template, config.max_length, scoring)
     plans = planner.plan(pairs)
-    setup = _setup(student, template, dtype, config.max_length)
+    setup = _setup(student, template, dtype, config.max_length, scoring)
 
     temp_dir = None
     cache_dir = config.cache_dir
@@ -282,4 +297,4 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-__all__ = ["ScoreConfig", "score_pairs", "dist_info", "STATUS_OK", "STATUS_MISSING"]
+__all__ = ["ScoreConfig", "score_pairs", "scoring_of", "dist_info", "STATUS_OK", "STATUS_MISSING"]

@@ -1,9 +1,13 @@
 """Turn pairs into the token sequences a student scores (docs/method.md, section 3), deduplicated.
 
 Each pair needs four losses: the response given its prompt and alone, the instruction given the
-guess-the-instruction prompt and alone. Each is a *job*: a token sequence laid out by
-:func:`recycled_datasets.tokens.lay_out` (the layout fine-tuning trains on) whose loss is the mean NLL of its
-``n`` target tokens; the direct pass reads the same kept target tokens after the start token alone. Jobs are
+guess-the-instruction prompt and alone. Each is a *job*: a token sequence whose loss is the mean NLL of its
+``n`` target tokens. Under the ``split`` convention the conditioned sequence is laid out by
+:func:`recycled_datasets.tokens.lay_out` (the layout fine-tuning trains on) and the direct pass reads the same
+kept target tokens after the start token alone. Under ``reference`` both are the reference script's:
+:func:`recycled_datasets.tokens.lay_out_reference` for the conditioned passes, and the target encoded alone
+(special tokens as the tokenizer adds them, cut at ``max_length - len(prompt ids) + 1``), scored after its first
+token, for the direct ones. Jobs are
 keyed by content, so a sequence shared by several pairs (a row's variants share instructions and responses)
 is scored once, and a resumed run recognises the jobs it already finished.
 """
@@ -17,8 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from recycled_datasets.records import Pair
-from recycled_datasets.templates import instruction_target, reverse_request
-from recycled_datasets.tokens import Exchange, Layout, head_ids, lay_out, start_token
+from recycled_datasets.templates import instruction_target, reference_prompt, reference_reverse_prompt, reverse_request
+from recycled_datasets.tokens import (
+    Exchange,
+    Layout,
+    encode_whole,
+    head_ids,
+    lay_out,
+    lay_out_reference,
+    start_token,
+)
 
 __all__ = ["LOSS_NAMES", "Job", "PairPlan", "Planner", "start_token"]
 
@@ -61,12 +73,13 @@ def _job_key(ids: Sequence[int], start: int) -> str:
 class Planner:
     """Builds jobs for pairs with one tokenizer, template and length limit, collecting unique jobs."""
 
-    def __init__(self, tokenizer: Any, template: str, max_length: int):
+    def __init__(self, tokenizer: Any, template: str, max_length: int, scoring: str = "split"):
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
+        self.scoring = scoring
         self.head = head_ids(tokenizer)
-        if not self.head:
+        if not self.head and scoring == "split":
             logger.warning(
                 "the tokenizer has neither BOS nor EOS: the first target token of each direct pass is not scored"
             )
@@ -102,6 +115,8 @@ class Planner:
         return cond, direct, layout.n, None
 
     def plan(self, pairs: Sequence[Pair]) -> list[PairPlan]:
+        if self.scoring == "reference":
+            return self._plan_reference(pairs)
         # Both conditional passes see the row's earlier turns (a chat row's context) before the last exchange.
         forward = self._lay_out([Exchange(p.instruction, p.output, p.input, p.context) for p in pairs])
         reverse = self._lay_out(
@@ -126,6 +141,70 @@ class Planner:
                 )
             )
         return plans
+
+    def _plan_reference(self, pairs: Sequence[Pair]) -> list[PairPlan]:
+        """The reference script's four passes per pair (its rows carry no earlier turns)."""
+        tok, limit = self.tokenizer, self.max_length
+        prompts = [reference_prompt(self.template, p.instruction, p.input) for p in pairs]
+        reverse = [reference_reverse_prompt(self.template, p.output) for p in pairs]
+        forward = lay_out_reference(tok, prompts, [p.output for p in pairs], max_length=limit)
+        backward = lay_out_reference(
+            tok,
+            reverse,
+            [p.instruction + p.input for p in pairs],  # x' with no separator, as the reference writes it
+            spans=[p.instruction for p in pairs],
+            max_length=limit,
+        )
+        # The direct passes are cut at max_length - len(prompt ids, themselves cut at max_length) + 1.
+        direct_out = encode_whole(
+            tok, [p.output for p in pairs], [limit - min(f.prompt_tokens, limit) + 1 for f in forward]
+        )
+        direct_ins = encode_whole(
+            tok,
+            [p.instruction + p.input for p in pairs],
+            [limit - min(b.prompt_tokens, limit) + 1 for b in backward],
+        )
+        plans = []
+        for pair, f, b, do, di in zip(pairs, forward, backward, direct_out, direct_ins, strict=True):
+            if not pair.output.strip():  # the reference records no scores for an empty response
+                rc = rd = ic = id_ = None
+                ifd_reason = rifd_reason = "empty response"
+                n_r = n_i = 0
+            else:
+                rc, rd, n_r, ifd_reason = self._reference_jobs(f, do)
+                ic, id_, n_i, rifd_reason = self._reference_jobs(b, di)
+            plans.append(
+                PairPlan(
+                    jobs=(rc, rd, ic, id_),
+                    n_response=n_r,
+                    n_instruction=n_i,
+                    n_prompt=f.prompt_tokens,
+                    n_reverse_prompt=b.prompt_tokens,
+                    ifd_reason=ifd_reason,
+                    rifd_reason=rifd_reason,
+                )
+            )
+        return plans
+
+    def _reference_jobs(self, layout: Layout, direct_ids: list[int]) -> tuple[str | None, str | None, int, str | None]:
+        """(conditioned job, direct job, scored target tokens, reason when missing), the reference's way."""
+        if not layout.target_tokens:
+            return None, None, 0, "empty target"
+        if layout.n == 0:
+            return (
+                None,
+                None,
+                0,
+                (
+                    f"the prompt fills max_length ({layout.start} >= {self.max_length} tokens): "
+                    "no target token left to score"
+                ),
+            )
+        if len(direct_ids) < 2:
+            return None, None, 0, "the target alone is one token: nothing after its first token to score"
+        cond = self._add(list(layout.ids), layout.start, layout.n)
+        direct = self._add(direct_ids, 1, len(direct_ids) - 1)
+        return cond, direct, layout.n, None
 
     def _lay_out(self, exchanges: list[Exchange]) -> list[Layout]:
         return lay_out(self.tokenizer, self.template, exchanges, max_length=self.max_length)

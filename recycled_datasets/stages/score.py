@@ -1,7 +1,8 @@
 """The score stage: the student's losses, IFD and r-IFD for every variant of every row of the build.
 
-Done-ness is a digest of the inputs kept in ``scores.json`` (the student, template, dtype, max length and
-every pair's text), so a changed reflection or setting rescores. Finished sequences are checkpointed in
+Done-ness is a digest of the inputs kept in ``scores.json`` (the student, template, scoring convention, dtype,
+max length and every pair's text), so a changed reflection or setting rescores, and one scores table never
+mixes two conventions. Finished sequences are checkpointed in
 ``scores.parquet.parts``, so a killed run resumes; a different setup under the same key starts it over.
 """
 
@@ -31,13 +32,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def student_record(spec: StudentSpec, settings: ScoreConfig) -> dict[str, str]:
-    """The student as report.json and scores.json name it (template and dtype as actually used)."""
+def student_record(spec: StudentSpec, settings: ScoreConfig, pairs: Sequence[Pair] = ()) -> dict[str, str]:
+    """The student as report.json and scores.json name it (template, scoring convention and dtype as used)."""
+    from recycled_datasets.scoring import scoring_of
+
+    template = settings.template or spec.template
     return {
         "key": spec.key,
         "model": spec.model,
         "revision": spec.revision,
-        "template": settings.template or spec.template,
+        "template": template,
+        "scoring": scoring_of(settings, spec, template, pairs),
         "dtype": settings.dtype or spec.dtype,
         "base_model": spec.hub_id,
     }
@@ -95,7 +100,7 @@ class ScoreStage(Stage):
         reflections, _ = read_rows(self.workdir, self.ids)
         ids, variants, pairs = pairs_of(reflections)
         meta = {
-            "student": student_record(self.spec, self.settings),
+            "student": student_record(self.spec, self.settings, pairs),
             "max_length": self.settings.max_length,
             "pairs": len(pairs),
             "pairs_sha256": pairs_digest(pairs),
@@ -121,7 +126,13 @@ class ScoreStage(Stage):
             logger.info("%s: scores.json differs from this build (student, settings or reflections): rescoring", key)
         parts = self.workdir.student(key).parts
         record = meta["student"]
-        config = replace(self.settings, template=record["template"], dtype=record["dtype"], cache_dir=parts)
+        config = replace(
+            self.settings,
+            template=record["template"],
+            dtype=record["dtype"],
+            scoring=record["scoring"],
+            cache_dir=parts,
+        )
         try:
             scored = score_pairs(pairs, self.spec, config)
         except StoreError:
