@@ -27,6 +27,7 @@ from recycled_datasets.cli.options import (
     Template,
     Workdir,
 )
+from recycled_datasets.cli.reflect import PromptInstruction, PromptResponse, PromptVersion
 from recycled_datasets.progress import console, set_quiet, setup_logging
 
 Source = Annotated[
@@ -117,6 +118,9 @@ def build(
     batch_tokens: BatchTokens = None,
     gate: Gate = None,
     gate_off: GateOff = None,
+    prompt_instruction: PromptInstruction = None,
+    prompt_response: PromptResponse = None,
+    prompt_version: PromptVersion = None,
     quiet: Quiet = False,
 ) -> None:
     """Build one student's sRecycled subset: reflect (cached) -> score (cached) -> select -> DIR/dataset."""
@@ -150,6 +154,9 @@ def build(
         batch_tokens=batch_tokens,
         gates=tuple(gate or ()),
         gates_off=tuple(gate_off or ()),
+        prompt_instruction=prompt_instruction,
+        prompt_response=prompt_response,
+        prompt_version=prompt_version,
     )
     result = run_student(config, release=True)
     spec_key = result.student
