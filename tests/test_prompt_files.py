@@ -255,3 +255,19 @@ def test_the_default_budget_is_what_the_context_leaves_after_the_prompt(tmp_path
     for prompt, budget in sent:
         # no tokenizer given: the prompt's length is a safe over-estimate (3 bytes a token, plus the chat frame)
         assert budget == context - (len(prompt.encode()) // 3 + 32) < 2048
+
+
+def test_new_rows_of_a_workdir_are_asked_with_the_budget_its_rows_were_asked_with(tmp_path: Path):
+    from builders import SRecycledConfig
+    from builders.stages import run_reflections
+
+    rows = str(write_rows(tmp_path / "rows.json"))
+    common = {"name": "reflections", "workdir": str(tmp_path / "w"), "source": rows}
+    with TeacherServer() as server:
+        run_reflections(SRecycledConfig(**common, teacher=server.v1, limit=1, max_new_tokens=1024))
+        server.bodies.clear()
+        # a later build names no budget: its new row is asked with the workdir's, so that a re-judge of every
+        # row later finds each stored answer under one budget
+        assert run_reflections(SRecycledConfig(**common, teacher=server.v1)) == 2
+        assert set(budgets(server)) == {1024} and len(budgets(server)) == 3
+    assert json.loads((tmp_path / "w" / "reflections.json").read_text())["max_new_tokens"] == 1024
