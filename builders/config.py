@@ -22,6 +22,7 @@ from recycled_datasets.workdir import REFLECTIONS_CONFIG, SCORES_CONFIG, check_c
 if TYPE_CHECKING:
     from recycled_datasets.scoring import ScoreConfig
     from recycled_datasets.selection import SelectionConfig
+    from recycled_datasets.stages import PromptFiles
     from recycled_datasets.teacher.gates import GateConfig
 
 STAGE_CONFIGS = (REFLECTIONS_CONFIG, SCORES_CONFIG)
@@ -64,6 +65,10 @@ class SRecycledConfig(datasets.BuilderConfig):
         batch_tokens: padded tokens per scoring forward pass (``None``: by device).
         gates: quality-gate settings ``NAME=VALUE`` (``srecycle build --gate``), e.g. ``max_repeats=4``.
         gates_off: quality gates not to run (``srecycle build --gate-off``).
+        prompt_instruction / prompt_response: your reflection prompt files (``srecycle build
+            --prompt-instruction`` / ``--prompt-response``): plain text, or TOML with a system message and the
+            forms for rows with an input (``recycled_datasets/teacher/prompts.py``). ``None``: the packaged one.
+        prompt_version: the name the answers of your prompts are cached under (``None``: a hash of the files).
     """
 
     workdir: str | Path | None = None
@@ -85,6 +90,9 @@ class SRecycledConfig(datasets.BuilderConfig):
     batch_tokens: int | None = None
     gates: tuple[str, ...] = ()
     gates_off: tuple[str, ...] = ()
+    prompt_instruction: str | Path | None = None
+    prompt_response: str | Path | None = None
+    prompt_version: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,6 +111,7 @@ class SRecycledConfig(datasets.BuilderConfig):
         self.selection()
         self.score_config()
         self.gate_config()
+        self.prompts()
 
     def _check_name(self) -> None:
         if self.name == _UNNAMED:
@@ -146,6 +155,12 @@ class SRecycledConfig(datasets.BuilderConfig):
         from recycled_datasets.teacher.gates import GateConfig
 
         return GateConfig.from_options(self.gates, self.gates_off)
+
+    def prompts(self) -> PromptFiles:
+        """The teacher's prompt files (read now, so a missing or malformed file fails before any work)."""
+        from recycled_datasets.stages import PromptFiles
+
+        return PromptFiles.of(self.prompt_instruction, self.prompt_response, self.prompt_version)
 
     def score_students(self) -> tuple[str, ...]:
         """The students the ``scores`` config scores, in order."""

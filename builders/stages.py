@@ -53,6 +53,7 @@ def _build_config(config: SRecycledConfig, spec: StudentSpec, *, release: bool =
         scoring=config.score_config(),
         release=release,
         gates=config.gate_config(),
+        prompts=config.prompts(),
     )
 
 

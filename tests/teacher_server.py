@@ -144,6 +144,7 @@ class TeacherServer:
         self.requests = 0  # every request, health checks included
         self.authorizations: list[str | None] = []  # the Authorization header of each request, in order
         self.events: list[Event] = []
+        self.bodies: list[tuple[str, dict[str, Any]]] = []  # (route, JSON body) of every generation request
         self.latencies: list[float] = []
         self.inflight = 0
         self.max_inflight = 0
@@ -330,6 +331,8 @@ def _handler_for(server: TeacherServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": f"no route {self.path}"})
                 return
             key = content_key(user_text, temperature, seed, max_tokens)
+            with server._lock:
+                server.bodies.append((self.path, body))
             outcome = server.decide(user_text)
             event = Event(key, self.path, outcome, time.monotonic(), model)
             # Only requests that do real work occupy the server; a hanging one stands for an answer lost on the

@@ -143,7 +143,7 @@ def test_a_changed_workdir_is_not_served_from_the_cache(tmp_path: Path):
     shutil.copytree(FIXTURE, changed)
     path = changed / "reflect_instruction.json"
     path.write_text(path.read_text().replace("colour", "color"))
-    srecycle("import-reflections", changed, "--workdir", workdir, "--quiet")
+    srecycle("import-reflections", changed, "--workdir", workdir, "--quiet", "--force")
     second = prepare(SRecycled(**kwargs))
     assert first.to_list() != second.to_list()
     assert second.to_list() == release_reflections(workdir).to_pylist()

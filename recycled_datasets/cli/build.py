@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +28,7 @@ from recycled_datasets.cli.options import (
     Template,
     Workdir,
 )
+from recycled_datasets.cli.reflect import PromptInstruction, PromptResponse, PromptVersion
 from recycled_datasets.progress import console, set_quiet, setup_logging
 
 Source = Annotated[
@@ -119,6 +120,9 @@ def build(
     batch_tokens: BatchTokens = None,
     gate: Gate = None,
     gate_off: GateOff = None,
+    prompt_instruction: PromptInstruction = None,
+    prompt_response: PromptResponse = None,
+    prompt_version: PromptVersion = None,
     quiet: Quiet = False,
 ) -> None:
     """Build one student's sRecycled subset: reflect (cached) -> score (cached) -> select -> DIR/dataset."""
@@ -153,6 +157,9 @@ def build(
         batch_tokens=batch_tokens,
         gates=tuple(gate or ()),
         gates_off=tuple(gate_off or ()),
+        prompt_instruction=prompt_instruction,
+        prompt_response=prompt_response,
+        prompt_version=prompt_version,
     )
     result = run_student(config, release=True)
     spec_key = result.student
@@ -203,18 +210,49 @@ def select(
     console().print(f"dataset: {dataset}")
 
 
+def _file_option(split: str, what: str) -> Any:
+    return typer.Option(f"--{split.replace('_', '-')}", help=f"{what} (instead of SOURCE; give all four files).")
+
+
 def import_reflections(
+    workdir: Workdir,
     source: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="The reference authors' set: a Hub id (e.g. their Reflect_Alpaca_All) or a local folder holding "
-            "the splits origin, reflect_instruction, reflect_response and reflect_both."
+            "the splits origin, reflect_instruction, reflect_response and reflect_both (one file each, named by "
+            "split). Or leave it out and give the four files their scripts wrote with the options below."
         ),
-    ],
-    workdir: Workdir,
+    ] = None,
+    origin: Annotated[Path | None, _file_option("origin", "The source rows the reference reflected")] = None,
+    reflect_instruction: Annotated[
+        Path | None,
+        _file_option(
+            "reflect_instruction",
+            "The instruction reflection: reflect_instruction_postprocess.py's output (or mid file)",
+        ),
+    ] = None,
+    reflect_response: Annotated[
+        Path | None,
+        _file_option(
+            "reflect_response", "The response reflection of origin (reflect_response_postprocess.py's mid file)"
+        ),
+    ] = None,
+    reflect_both: Annotated[
+        Path | None,
+        _file_option("reflect_both", "The response reflection of the instruction reflection's rows (its mid file)"),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace the reflections the workdir already holds (its students go stale)."),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
-    """Fill a workdir with the reference authors' published variants, so students build with no teacher."""
+    """Fill a workdir with the reference authors' published variants, so students build with no teacher.
+
+    Reads their published sets and the files their reflection scripts write (docs/method.md, section 8). A
+    workdir that already holds other reflections is left alone unless --force.
+    """
     setup_logging(quiet=quiet)
     set_quiet(quiet)
     from rich.table import Table
@@ -222,8 +260,15 @@ def import_reflections(
     from recycled_datasets.locking import locked
     from recycled_datasets.stages.reference import import_reflections as run_import
 
+    named = {
+        "origin": origin,
+        "reflect_instruction": reflect_instruction,
+        "reflect_response": reflect_response,
+        "reflect_both": reflect_both,
+    }
+    files = {split: path for split, path in named.items() if path is not None}
     with locked(workdir, what="workdir"):
-        result = run_import(source, workdir)
+        result = run_import(source, workdir, files=files, force=force)
     table = Table(title="srecycle import-reflections")
     table.add_column("what")
     table.add_column("value")
@@ -231,6 +276,10 @@ def import_reflections(
     table.add_row("rows", str(result.rows))
     for variant, n in result.unchanged.items():
         table.add_row(f"{variant} equal to the original", str(n))
-    table.add_row("written", str(Path(workdir) / "reflections.parquet"))
+    if result.already:
+        table.add_row("written", f"nothing: {Path(workdir) / 'reflections.parquet'} already holds these reflections")
+    else:
+        replaced = " (replaced the reflections it held)" if result.replaced else ""
+        table.add_row("written", f"{Path(workdir) / 'reflections.parquet'}{replaced}")
     table.add_row("next", f"srecycle build --workdir {workdir} --student KEY")
     console().print(table)

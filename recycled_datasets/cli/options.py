@@ -52,7 +52,15 @@ Teacher = Annotated[
         "comma-separated to share load) or local[:MODEL] for the in-process default (SmolLM2).",
     ),
 ]
-MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Output budget per teacher call.")]
+MaxNewTokens = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens",
+        min=1,
+        help="Output budget per teacher call. Default: what the server's context leaves after the prompt, at most "
+        "2048 (2048 when the server does not say its context; 256 for the local teacher).",
+    ),
+]
 Workdir = Annotated[Path, typer.Option("--workdir", help="Working folder holding every stage's output and caches.")]
 Gate = Annotated[
     list[str] | None,

@@ -12,6 +12,22 @@ from recycled_datasets.cli.options import Gate, GateOff, MaxNewTokens, Quiet, Sk
 if TYPE_CHECKING:
     from recycled_datasets.teacher import ReflectPlan, ReflectResult
 
+_PROMPT_FILE_HELP = (
+    " A plain-text file is the user turn's template; a .toml file may also hold a system message and the forms "
+    "for rows with an input (keys user, system, user_with_input, system_with_input; see the README)."
+)
+PromptInstruction = Annotated[
+    Path | None,
+    typer.Option("--prompt-instruction", help="Your instruction-reflection prompt file." + _PROMPT_FILE_HELP),
+]
+PromptResponse = Annotated[
+    Path | None, typer.Option("--prompt-response", help="Your response-reflection prompt file." + _PROMPT_FILE_HELP)
+]
+PromptVersion = Annotated[
+    str | None,
+    typer.Option("--prompt-version", help="Name to cache answers of your prompts under (default: a hash of them)."),
+]
+
 
 def reflect(
     input: Annotated[str, typer.Argument(help="Source rows: JSON, JSONL, parquet, a Hub-layout folder or Hub id.")],
@@ -48,15 +64,9 @@ def reflect(
     ] = None,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy decoding.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Generation seed sent with every request.")] = 0,
-    prompt_instruction: Annotated[
-        Path | None, typer.Option("--prompt-instruction", help="Your instruction-reflection prompt file.")
-    ] = None,
-    prompt_response: Annotated[
-        Path | None, typer.Option("--prompt-response", help="Your response-reflection prompt file.")
-    ] = None,
-    prompt_version: Annotated[
-        str | None, typer.Option("--prompt-version", help="Name to cache answers of your prompts under.")
-    ] = None,
+    prompt_instruction: PromptInstruction = None,
+    prompt_response: PromptResponse = None,
+    prompt_version: PromptVersion = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer before retrying it.")
     ] = 300.0,

@@ -3,7 +3,7 @@ source rows -> reflect (teacher) -> score (student) -> select -> release (docs/m
 
 from recycled_datasets.stages.base import Stage, StageStats
 from recycled_datasets.stages.build import BuildConfig, BuildResult, build, stages_of
-from recycled_datasets.stages.reflect import ReflectStage
+from recycled_datasets.stages.reflect import PromptFiles, ReflectStage
 from recycled_datasets.stages.release import ReleaseStage
 from recycled_datasets.stages.score import ScoreStage
 from recycled_datasets.stages.select import SelectStage
@@ -12,6 +12,7 @@ from recycled_datasets.stages.source import SourceInfo, load_source, sample_path
 __all__ = [
     "BuildConfig",
     "BuildResult",
+    "PromptFiles",
     "ReflectStage",
     "ReleaseStage",
     "ScoreStage",

@@ -17,7 +17,7 @@ from recycled_datasets.models import StudentSpec
 from recycled_datasets.scoring import ScoreConfig
 from recycled_datasets.selection import SelectionConfig, SelectionReport
 from recycled_datasets.stages.base import Stage, StageStats
-from recycled_datasets.stages.reflect import ReflectStage
+from recycled_datasets.stages.reflect import PromptFiles, ReflectStage
 from recycled_datasets.stages.release import ReleaseStage
 from recycled_datasets.stages.score import ScoreStage
 from recycled_datasets.stages.select import SelectStage
@@ -46,6 +46,7 @@ class BuildConfig:
         scoring: the student's scoring settings.
         release: write DIR/dataset at the end.
         gates: the quality gates of the teacher's sections (a change re-judges stored answers).
+        prompts: the user's reflection prompt files (default: the packaged prompts).
     """
 
     workdir: Path
@@ -59,6 +60,7 @@ class BuildConfig:
     scoring: ScoreConfig = field(default_factory=ScoreConfig)
     release: bool = True
     gates: GateConfig = field(default_factory=GateConfig)
+    prompts: PromptFiles = field(default_factory=PromptFiles)
 
     def __post_init__(self) -> None:
         check_config_name(self.student.key)
@@ -102,7 +104,9 @@ def stages_of(config: BuildConfig, info: SourceInfo) -> list[Stage]:
     wd = Workdir(config.workdir)
     ids = [r.id for r in info.rows]
     stages: list[Stage] = [
-        ReflectStage(wd, info.rows, config.teacher, info.name, info.license, config.max_new_tokens, config.gates),
+        ReflectStage(
+            wd, info.rows, config.teacher, info.name, info.license, config.max_new_tokens, config.gates, config.prompts
+        ),
         ScoreStage(wd, ids, config.student, config.scoring),
         SelectStage(wd, config.student.key, config.selection, ids),
     ]

@@ -64,6 +64,29 @@ def reflections_meta(
     return meta
 
 
+@dataclass(frozen=True)
+class PromptFiles:
+    """The user's reflection prompt files (``None``: the packaged prompt) and the version their answers are cached
+    under (``None``: a hash of the files). See ``recycled_datasets/teacher/prompts.py`` for the file forms."""
+
+    instruction: Path | None = None
+    response: Path | None = None
+    version: str | None = None
+
+    @classmethod
+    def of(cls, instruction: str | Path | None, response: str | Path | None, version: str | None) -> PromptFiles:
+        """The prompt files, read once now so that a missing or malformed file fails before any work."""
+        from recycled_datasets.teacher.prompts import load_prompts
+
+        files = cls(
+            Path(instruction) if instruction is not None else None,
+            Path(response) if response is not None else None,
+            version,
+        )
+        load_prompts(files.instruction, files.response, files.version)
+        return files
+
+
 def rows_of(reflections: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
     """The reflections of ``ids``, in that order."""
     import polars as pl
@@ -95,8 +118,10 @@ class ReflectStage(Stage):
         rows: this build's source rows.
         teacher: server URL(s) or ``local[:MODEL]``; needed only for rows without reflections (and to re-judge).
         source, license: what reflections.json records of the rows' origin.
-        max_new_tokens: the output budget per teacher call (``None``: the teacher stage's default).
+        max_new_tokens: the output budget per teacher call (``None``: the one the workdir's reflections were made
+            with, else the teacher stage's default), so that one workdir's requests share one budget.
         gates: the quality gates the teacher's sections are judged with.
+        prompts: the user's prompt files (``None``: the packaged prompts).
     """
 
     name = "reflect"
@@ -108,9 +133,11 @@ class ReflectStage(Stage):
     license: str
     max_new_tokens: int | None = None
     gates: GateConfig | None = None
+    prompts: PromptFiles | None = None
 
     def __post_init__(self) -> None:
         self.gates = self.gates or GateConfig()
+        self.prompts = self.prompts or PromptFiles()
 
     @functools.cached_property
     def _existing(self) -> tuple[pl.DataFrame | None, dict[str, Any] | None]:
@@ -129,9 +156,15 @@ class ReflectStage(Stage):
     def _config(self, budget: int | None, **changes: Any) -> Any:
         from recycled_datasets.teacher import ReflectConfig
 
-        assert self.teacher is not None and self.gates is not None
+        assert self.teacher is not None and self.gates is not None and self.prompts is not None
         config = ReflectConfig(
-            teacher=self.teacher, store_dir=self.workdir.teacher, max_new_tokens=budget, gates=self.gates
+            teacher=self.teacher,
+            store_dir=self.workdir.teacher,
+            max_new_tokens=budget,
+            gates=self.gates,
+            instruction_prompt=self.prompts.instruction,
+            response_prompt=self.prompts.response,
+            prompt_version=self.prompts.version,
         )
         return replace(config, **changes)
 
@@ -183,7 +216,10 @@ class ReflectStage(Stage):
                 f"{self.workdir.root} holds the reference authors' reflections ({meta['teacher']}), which lack "
                 f"{len(missing)} of this build's rows; build from those rows (omit --source) or use a new --workdir"
             )
-        config = self._config(self.max_new_tokens)
+        budget = self.max_new_tokens
+        if budget is None and meta is not None and isinstance(meta.get("max_new_tokens"), int):
+            budget = meta["max_new_tokens"]  # the budget (part of the request keys) the workdir's rows were asked with
+        config = self._config(budget)
         # The run checks, right after its handshake and before any call, that new rows would come from the
         # teacher and prompt version of the existing ones: one workdir never mixes them.
         expect = (meta["teacher"], meta["prompt_version"]) if meta is not None else None

@@ -50,6 +50,29 @@ class ServerLimits:
     max_concurrent_requests: int | None = None
 
 
+def chat_messages(prompt: str, system: str = "") -> list[dict[str, str]]:
+    """The chat turns of one request: the system message (only when there is one), then the user turn."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def apply_chat_template(tokenizer: Any, prompt: str, system: str = "", *, tokenize: bool) -> Any:
+    """The teacher's chat template over one request, with the generation prompt; a template that refuses a
+    system turn is a :class:`~recycled_datasets.errors.ConfigError` (the text is never moved silently)."""
+    from recycled_datasets.errors import ConfigError
+
+    try:
+        return tokenizer.apply_chat_template(
+            chat_messages(prompt, system), tokenize=tokenize, add_generation_prompt=True
+        )
+    except Exception as e:  # jinja2's TemplateError, raised by the template itself ("System role not supported")
+        if not system or type(e).__name__ != "TemplateError":
+            raise
+        raise ConfigError(
+            f"the teacher's chat template refuses a system message ({e}); move the prompt file's system text "
+            "into its user template"
+        ) from e
+
+
 class NotStored(Exception):
     """A store-only teacher was asked for a request the store does not hold (the run records it, never raises it)."""
 
@@ -78,8 +101,11 @@ class Teacher(abc.ABC):
         stored needs no server; without ``generate`` nothing is loaded that only answering needs."""
 
     @abc.abstractmethod
-    def prepare(self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
-        """The request for one user turn, its output budget fitted to the teacher's context.
+    def prepare(
+        self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int, system: str = ""
+    ) -> dict[str, Any]:
+        """The request for one user turn (after the system message ``system``, if any), its output budget fitted
+        to the teacher's context.
 
         Raises :class:`~recycled_datasets.errors.Rejected` when the prompt alone does not fit.
         """
@@ -122,8 +148,12 @@ class StoreOnlyTeacher(Teacher):
     async def begin(self, store: AnswerStore | None = None, *, generate: bool = True) -> None:
         await self.teacher.begin(store, generate=False)
 
-    def prepare(self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
-        return self.teacher.prepare(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    def prepare(
+        self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int, system: str = ""
+    ) -> dict[str, Any]:
+        return self.teacher.prepare(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system
+        )
 
     async def complete(self, payload: dict[str, Any], stats: CallStats) -> Reply:
         raise NotStored()

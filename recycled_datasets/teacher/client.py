@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import ConfigError, Rejected, TeacherError
-from recycled_datasets.teacher.base import CallStats, Reply, ServerLimits, Teacher
+from recycled_datasets.teacher.base import CallStats, Reply, ServerLimits, Teacher, apply_chat_template, chat_messages
 from recycled_datasets.teacher.transport import (
     APIS,
     DEFAULT_CONCURRENCY,
@@ -292,23 +292,26 @@ class HttpTeacher(Teacher):
 
     # ---- requests ----------------------------------------------------------------------------------------
 
-    def _count(self, text: str) -> tuple[int, bool]:
-        """(prompt tokens, exact?) of a user turn: exact with the teacher's tokenizer, else a safe over-estimate."""
+    def _count(self, text: str, system: str = "") -> tuple[int, bool]:
+        """(prompt tokens, exact?) of a request: exact with the teacher's tokenizer, else a safe over-estimate."""
         if self.tokenizer is not None:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=True, add_generation_prompt=True
-            )
+            ids = apply_chat_template(self.tokenizer, text, system, tokenize=True)
             ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
             return len(ids), True
-        return len(text.encode("utf-8")) // 3 + 32, False
+        extra = len(system.encode("utf-8")) // 3 + 16 if system else 0
+        return len(text.encode("utf-8")) // 3 + 32 + extra, False
 
-    def prepare(self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
-        """The request for one user turn, its output budget fitted to the server's limits.
+    def prepare(
+        self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int, system: str = ""
+    ) -> dict[str, Any]:
+        """The request for one user turn (after the system message ``system``), its output budget fitted to the
+        server's limits: at most ``max_new_tokens``, and no more than the server's context leaves after the
+        prompt when the server announces its context.
 
         Raises :class:`Rejected` when the prompt alone is over the server's limit (known for sure only with
         the teacher's tokenizer; otherwise the server is left to judge).
         """
-        n_prompt, exact = self._count(prompt)
+        n_prompt, exact = self._count(prompt, system)
         budget = max_new_tokens
         limits = self.limits
         if exact and limits.max_input_tokens is not None and n_prompt > limits.max_input_tokens:
@@ -325,19 +328,18 @@ class HttpTeacher(Teacher):
         if self.api == "chat":
             return {
                 "api": "chat",
-                "messages": [{"role": "user", "content": prompt}],
+                "messages": chat_messages(prompt, system),
                 "max_tokens": budget,
                 "temperature": temperature,
                 "seed": seed,
             }
         if self.raw_prompts:
-            text = prompt
+            # A model's own prompt format, no chat template: the system message is its first paragraph.
+            text = f"{system}\n\n{prompt}" if system else prompt
         elif self.tokenizer is None:
             raise ConfigError("--api generate needs the teacher's tokenizer to apply its chat template (--tokenizer)")
         else:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            text = apply_chat_template(self.tokenizer, prompt, system, tokenize=False)
         return {
             "api": "generate",
             "inputs": text,

@@ -45,7 +45,10 @@ class Sampling:
         return self.temperature or self.retry_temperature, self.seed + attempt
 
 
-DEFAULT_MAX_NEW_TOKENS_HTTP = 1024
+# A server's budget is what its context leaves after the prompt (known from /info or /v1/models), at most this
+# cap, the reference's (their scripts ask for min(2048, context - prompt)); the cap alone when the server does not
+# announce its context. The embedded local teacher is a tiny demo model: a short budget keeps its runs quick.
+DEFAULT_MAX_NEW_TOKENS_HTTP = 2048
 DEFAULT_MAX_NEW_TOKENS_LOCAL = 256
 
 
@@ -63,8 +66,10 @@ class ReflectConfig:
         store_dir: folder of the answer store (``DIR/teacher`` in a workdir).
         concurrency: requests in flight per server (default: the server's ``max_concurrent_requests`` from
             ``/info``, else 16); for the local teacher, the generation batch size (default 8).
-        max_new_tokens: output budget per call (default 1024 for servers, 256 for the local teacher), lowered
-            per request to what the server's context leaves after the prompt.
+        max_new_tokens: output budget per call (default 2048 for servers, the reference's cap, and 256 for the
+            local teacher), lowered per request to what the server's context leaves after the prompt when the
+            server announces its context (TGI ``/info`` ``max_total_tokens``, vLLM ``/v1/models``
+            ``max_model_len``).
         limit: reflect only the first N rows.
         temperature: 0 is greedy decoding (the default and the paper's setting).
         seed: generation seed sent with every request.

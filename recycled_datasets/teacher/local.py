@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import ConfigError, Rejected
 from recycled_datasets.models import DEFAULT_STUDENT, load_model, load_tokenizer, pretrained_path, resolve_student
-from recycled_datasets.teacher.base import CallStats, Reply, ServerLimits, Teacher
+from recycled_datasets.teacher.base import CallStats, Reply, ServerLimits, Teacher, apply_chat_template
 
 if TYPE_CHECKING:
     from recycled_datasets.teacher.store import AnswerStore
@@ -99,14 +99,15 @@ class LocalTeacher(Teacher):
                 pass
             self._batcher = None
 
-    def prepare(self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int) -> dict[str, Any]:
-        """The request for one user turn: the chat-templated prompt and a budget that fits the context."""
+    def prepare(
+        self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int, system: str = ""
+    ) -> dict[str, Any]:
+        """The request for one user turn (after ``system``): the chat-templated prompt and a budget that fits the
+        context."""
         if self.tokenizer is None:
             raise RuntimeError("LocalTeacher.start() was not awaited")
         with self._tokenizer_lock:  # the batcher thread pads with the same (stateful) fast tokenizer
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
+            text = apply_chat_template(self.tokenizer, prompt, system, tokenize=False)
             n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         budget = max_new_tokens
         if self.limits.max_total_tokens is not None:

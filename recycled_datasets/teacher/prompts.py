@@ -2,22 +2,33 @@
 
 The method behind them is in docs/method.md, section 2.
 
-The wording lives in text files (``recycled_datasets/prompts/*.txt``) so that users can swap in their own, for
-instance the paper's exact prompts. A prompt file is plain text with these placeholders:
+The wording lives in files (``recycled_datasets/prompts/*.txt``) so that users can swap in their own, for
+instance the paper's exact prompts. A prompt file is one of two forms:
+
+- plain text (any name not ending in ``.toml``): the template of the user turn, and nothing else;
+- TOML (a name ending in ``.toml``) with the keys ``user`` (required), ``system``, ``user_with_input`` and
+  ``system_with_input``: the user turn's template, a system message sent before it, and the two forms used
+  instead for rows that have an input (each falls back to the form without input when absent). The reference
+  authors' prompts have exactly these parts: a system message, and for the response reflection a second
+  template and system message for rows with an input.
+
+Templates (and system messages) take these placeholders:
 
 - ``{instruction}``, ``{input}``, ``{response}``: the example's fields;
 - ``{input_section}``: a labelled ``[Input]`` block when the example has an input, else nothing;
 - ``{input_note}`` / ``{input_note_short}``: ", its input" / " and input" when it has one, else nothing.
 
 The markers (``[New Instruction]``, ``[New Answer]``, ``[Better Answer]``, ``[End]``) are a format constant.
-Cached answers are keyed by the prompt version, and a change of wording always yields a new version: the
-default prompts carry a name bumped by hand, user prompts a hash of their text.
+Cached answers are keyed by the prompt version (and by the request, system message included), and a change of
+wording always yields a new version: the default prompts carry a name bumped by hand, user prompts a hash of
+their files' text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,54 +51,134 @@ MARKERS: tuple[str, ...] = (NEW_INSTRUCTION, NEW_ANSWER, BETTER_ANSWER)
 _PLACEHOLDERS = ("{instruction}", "{input}", "{response}", "{input_section}", "{input_note}", "{input_note_short}")
 
 
+PROMPT_FILE_KEYS = ("system", "user", "system_with_input", "user_with_input")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One reflection prompt: the user turn's template, and optionally a system message and the forms for rows
+    with an input (``None``: the form without input serves them too).
+    """
+
+    user: str
+    system: str = ""
+    user_with_input: str | None = None
+    system_with_input: str | None = None
+
+    def pick(self, input: str) -> tuple[str, str]:
+        """(system message, user template) for a row with ``input`` (empty: no input)."""
+        if input:
+            user = self.user if self.user_with_input is None else self.user_with_input
+            system = self.system if self.system_with_input is None else self.system_with_input
+            return system, user
+        return self.system, self.user
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """Every user template of the prompt."""
+        return (self.user,) if self.user_with_input is None else (self.user, self.user_with_input)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Every text of the prompt: user templates and system messages."""
+        systems = (self.system, self.system_with_input or "")
+        return (*self.users, *(s for s in systems if s))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One teacher request: the system message (empty: none) and the user turn."""
+
+    system: str
+    user: str
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """The two reflection prompts and the version that keys their cached answers.
 
     Attributes:
-        instruction: the instruction-reflection prompt (writes ``[New Instruction]`` and ``[New Answer]``).
-        response: the response-reflection prompt (writes ``[Better Answer]``).
+        instruction: the instruction-reflection prompt (writes ``[New Instruction]`` and ``[New Answer]``); a
+            string is the user template alone.
+        response: the response-reflection prompt (writes ``[Better Answer]``); a string is the user template alone.
         version: the prompt version recorded in the store and in ``reflections.json``.
         placeholders: per marker, the words the prompt itself puts between the marker and ``[End]`` (a reply
             that repeats them did not do the work); read from the prompts by the parser itself.
     """
 
-    instruction: str
-    response: str
+    instruction: Prompt | str
+    response: Prompt | str
     version: str
     placeholders: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, text in (("instruction", self.instruction), ("response", self.response)):
-            if "{instruction}" not in text or "{response}" not in text:
-                raise ConfigError(
-                    f"the {name}-reflection prompt must contain the placeholders {{instruction}} and {{response}} "
-                    f"(and {{input_section}} or {{input}} to show the example's input)"
-                )
-        for marker, text in (
-            (NEW_INSTRUCTION, self.instruction),
-            (NEW_ANSWER, self.instruction),
-            (BETTER_ANSWER, self.response),
+        for name in ("instruction", "response"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Prompt(user=getattr(self, name)))
+        for name, prompt in (("instruction", self._instruction), ("response", self._response)):
+            for text in prompt.users:
+                if "{instruction}" not in text or "{response}" not in text:
+                    raise ConfigError(
+                        f"the {name}-reflection prompt must contain the placeholders {{instruction}} and "
+                        "{response} (and {input_section} or {input} to show the example's input)"
+                    )
+        for marker, prompt in (
+            (NEW_INSTRUCTION, self._instruction),
+            (NEW_ANSWER, self._instruction),
+            (BETTER_ANSWER, self._response),
         ):
-            if f"[{marker}]" not in text:
-                raise ConfigError(f"the prompt must ask for the marker [{marker}] (the markers are a format constant)")
+            for text in prompt.users:
+                if f"[{marker}]" not in text:
+                    raise ConfigError(
+                        f"the prompt must ask for the marker [{marker}] (the markers are a format constant)"
+                    )
         if not self.version.strip():
             raise ConfigError("the prompt version must not be empty")
         if not self.placeholders:
-            found = {m: _layout_placeholders(self.instruction + "\n" + self.response, m) for m in MARKERS}
+            users = "\n".join((*self._instruction.users, *self._response.users))
+            found = {m: _layout_placeholders(users, m) for m in MARKERS}
             object.__setattr__(self, "placeholders", found)
+
+    @property
+    def _instruction(self) -> Prompt:
+        assert isinstance(self.instruction, Prompt)  # made one in __post_init__
+        return self.instruction
+
+    @property
+    def _response(self) -> Prompt:
+        assert isinstance(self.response, Prompt)
+        return self.response
 
     def scaffold(self) -> Scaffold:
         """The labels, headings and phrases of both prompts, which the quality gates look for in a reply."""
-        return scaffold_of((self.instruction, self.response), [p for ps in self.placeholders.values() for p in ps])
+        texts = (*self._instruction.texts, *self._response.texts)
+        return scaffold_of(texts, [p for ps in self.placeholders.values() for p in ps])
+
+    def instruction_request(
+        self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()
+    ) -> Request:
+        """The instruction-reflection request for one example (after its earlier turns, for a chat row)."""
+        return _request(self._instruction, instruction, input, response, context)
+
+    def response_request(self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()) -> Request:
+        """The response-reflection request for one example (after its earlier turns, for a chat row)."""
+        return _request(self._response, instruction, input, response, context)
 
     def render_instruction(self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()) -> str:
-        """The instruction-reflection request for one example (after its earlier turns, for a chat row)."""
-        return teacher_context(context) + _fill(self.instruction, instruction, input, response)
+        """The user turn of :meth:`instruction_request`."""
+        return self.instruction_request(instruction, input, response, context).user
 
     def render_response(self, instruction: str, input: str, response: str, context: Sequence[Turn] = ()) -> str:
-        """The response-reflection request for one example (after its earlier turns, for a chat row)."""
-        return teacher_context(context) + _fill(self.response, instruction, input, response)
+        """The user turn of :meth:`response_request`."""
+        return self.response_request(instruction, input, response, context).user
+
+
+def _request(prompt: Prompt, instruction: str, input: str, response: str, context: Sequence[Turn]) -> Request:
+    system, user = prompt.pick(input)
+    return Request(
+        system=_fill(system, instruction, input, response) if system else "",
+        user=teacher_context(context) + _fill(user, instruction, input, response),
+    )
 
 
 def _fill(template: str, instruction: str, input: str, response: str) -> str:
@@ -130,27 +221,66 @@ def default_prompts() -> PromptSet:
     )
 
 
+def read_prompt_file(path: Path) -> tuple[Prompt, str]:
+    """The prompt in ``path`` (plain text, or TOML for a name ending in ``.toml``; see the module doc) and the
+    file's text, which keys the prompt version."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompt file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"prompt file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    if path.suffix.lower() != ".toml":
+        return Prompt(user=text), text
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"prompt file {path} is not valid TOML ({e})") from e
+    unknown = sorted(set(data) - set(PROMPT_FILE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"prompt file {path} has the unknown key(s) {', '.join(unknown)}; a TOML prompt file holds "
+            f"{', '.join(PROMPT_FILE_KEYS)}"
+        )
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"prompt file {path}: '{key}' must be a string, not a {type(value).__name__}")
+    if not data.get("user", "").strip():
+        raise ConfigError(f"prompt file {path} has no 'user' template (the user turn, with the placeholders)")
+    prompt = Prompt(
+        user=data["user"],
+        system=data.get("system", ""),
+        user_with_input=data.get("user_with_input"),
+        system_with_input=data.get("system_with_input"),
+    )
+    return prompt, text
+
+
 def load_prompts(
     instruction_file: Path | None = None, response_file: Path | None = None, version: str | None = None
 ) -> PromptSet:
     """The default prompts with either replaced by a user's file.
 
-    User prompts get the version ``custom-<hash of both texts>`` unless ``version`` names one, so that
+    User prompts get the version ``custom-<hash of both files' text>`` unless ``version`` names one, so that
     answers cached for one wording are never served for another.
     """
     default = default_prompts()
     if instruction_file is None and response_file is None:
         return default if version is None else PromptSet(default.instruction, default.response, version)
+    prompts: list[Prompt | str] = []
     texts = []
     for path, fallback in ((instruction_file, default.instruction), (response_file, default.response)):
         if path is None:
-            texts.append(fallback)
+            assert isinstance(fallback, Prompt)
+            prompts.append(fallback)
+            texts.append(fallback.user)
             continue
-        if not Path(path).is_file():
-            raise ConfigError(f"prompt file {path} does not exist")
-        texts.append(Path(path).read_text(encoding="utf-8"))
+        prompt, text = read_prompt_file(Path(path))
+        prompts.append(prompt)
+        texts.append(text)
     digest = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
-    return PromptSet(texts[0], texts[1], version or f"custom-{digest}")
+    return PromptSet(prompts[0], prompts[1], version or f"custom-{digest}")
 
 
 # ---- Parsing the teacher's reply -----------------------------------------------------------------------------

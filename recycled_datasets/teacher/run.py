@@ -24,7 +24,7 @@ from recycled_datasets.records import STATUS_FAILED, STATUS_FELL_BACK, SourceRow
 from recycled_datasets.teacher.base import CallStats, NotStored, Teacher
 from recycled_datasets.teacher.config import Sampling
 from recycled_datasets.teacher.gates import NOT_ASKED, GateConfig, reason_counts
-from recycled_datasets.teacher.prompts import PromptSet
+from recycled_datasets.teacher.prompts import PromptSet, Request
 from recycled_datasets.teacher.replies import Judge, parse_instruction_reply, parse_response_reply
 from recycled_datasets.teacher.store import ANSWER_OK, ANSWER_REJECTED, AnswerStore, request_key
 from recycled_datasets.teacher.variants import Outcome, variant_record
@@ -188,8 +188,9 @@ class TeacherRun:
         # keeps the other requests of the window moving.
         return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(call, *args, **kwargs))
 
-    async def ask(self, prompt: str, attempt: int) -> tuple[str, str | None]:
-        """(reply text, finish reason) of one request: from the store, from a twin in flight, or from the teacher.
+    async def ask(self, prompt: str, attempt: int, system: str = "") -> tuple[str, str | None]:
+        """(reply text, finish reason) of one request (the user turn ``prompt`` after the system message
+        ``system``): from the store, from a twin in flight, or from the teacher.
 
         The request is registered as in flight before the store is read and stays so until its answer is
         committed, so an identical request (the ``both`` of a row whose ``ins`` fell back, a duplicate row)
@@ -198,7 +199,7 @@ class TeacherRun:
         temperature, seed = self.sampling.of(attempt)
         try:
             payload = self.teacher.prepare(
-                prompt, max_new_tokens=self.sampling.max_new_tokens, temperature=temperature, seed=seed
+                prompt, max_new_tokens=self.sampling.max_new_tokens, temperature=temperature, seed=seed, system=system
             )
         except Rejected:
             self.meter.done(self.calls)
@@ -213,7 +214,7 @@ class TeacherRun:
         future.add_done_callback(_consume)
         self._inflight[key] = future
         try:
-            answer = await self._answer(key, payload, len(prompt))
+            answer = await self._answer(key, payload, len(system) + len(prompt))
         except BaseException as e:
             if isinstance(e, asyncio.CancelledError):
                 future.cancel()
@@ -258,13 +259,13 @@ class TeacherRun:
         return reply.text, reply.finish_reason
 
     async def reflect(
-        self, prompt: str, parse: Callable[[str, Judge], tuple[dict[str, str] | None, str | None]]
+        self, request: Request, parse: Callable[[str, Judge], tuple[dict[str, str] | None, str | None]]
     ) -> Outcome:
         """Ask, parse and judge, ask once more if unusable, else report the fallback with both reasons."""
         reasons = []
         for attempt in range(2):
             try:
-                text, finish = await self.ask(prompt, attempt)
+                text, finish = await self.ask(request.user, attempt, request.system)
             except Rejected as e:
                 prior = f" (after {reasons[0]})" if reasons else ""
                 return Outcome(rejected=f"{e.reason}{prior}")
@@ -290,7 +291,7 @@ class TeacherRun:
 
         async def response_reflection(instruction: str, input: str, output: str) -> Outcome:
             return await self.reflect(
-                prompts.render_response(instruction, input, output, row.context),
+                prompts.response_request(instruction, input, output, row.context),
                 lambda text, judge: parse_response_reply(
                     prompts, text, instruction=instruction, original=output, judge=judge
                 ),
@@ -298,7 +299,7 @@ class TeacherRun:
 
         async def ins_then_both() -> tuple[Outcome, Outcome]:
             ins = await self.reflect(
-                prompts.render_instruction(row.instruction, row.input, row.output, row.context),
+                prompts.instruction_request(row.instruction, row.input, row.output, row.context),
                 lambda text, judge: parse_instruction_reply(prompts, text, original=row.instruction, judge=judge),
             )
             if ins.fields is not None:
@@ -306,9 +307,8 @@ class TeacherRun:
             elif ins.unasked and self.planning:
                 # A real run asks for ins first, and both reflects its answer: one more call, prompt unknown.
                 self.unsent.waiting += 1
-                self.unsent.waiting_chars += len(
-                    prompts.render_response(row.instruction, row.input, row.output, row.context)
-                )
+                request = prompts.response_request(row.instruction, row.input, row.output, row.context)
+                self.unsent.waiting_chars += len(request.system) + len(request.user)
                 both = ins
             else:
                 both = await response_reflection(row.instruction, row.input, row.output)

@@ -207,7 +207,8 @@ def _unchecked_plan(rows: list[SourceRow], config: ReflectConfig) -> ReflectPlan
     chars = 0
     for row in rows:
         fields = (row.instruction, row.input, row.output, row.context)
-        chars += len(prompts.render_instruction(*fields)) + 2 * len(prompts.render_response(*fields))
+        ins, res = prompts.instruction_request(*fields), prompts.response_request(*fields)
+        chars += len(ins.system) + len(ins.user) + 2 * (len(res.system) + len(res.user))
     return ReflectPlan(
         rows=len(rows),
         calls=3 * len(rows),
