@@ -99,7 +99,10 @@ def import_scores(source: str, workdir: Path, spec: StudentSpec, *, template: st
 
     wd = Workdir(workdir)
     reflections, _ = read_reflections(wd)
-    splits = _reference_splits(source)
+    splits = {  # (file or split name, row number in it, record), in source order
+        split: [(part.where, i, rec) for part in parts for i, rec in enumerate(part.records, start=1)]
+        for split, parts in _reference_splits(source).items()
+    }
     sizes = {split: len(rows) for split, rows in splits.items()}
     if set(sizes.values()) != {reflections.height}:
         raise InputError(
@@ -108,7 +111,7 @@ def import_scores(source: str, workdir: Path, spec: StudentSpec, *, template: st
             path=source,
         )
     by_variant = {
-        REFERENCE_SPLITS[split]: [_score_row(_lists(rec, source, split, i)) for i, rec in enumerate(rows, start=1)]
+        REFERENCE_SPLITS[split]: [_score_row(_lists(rec, where, split, i)) for where, i, rec in rows]
         for split, rows in splits.items()
     }
     ids, variants, pairs = pairs_of(reflections)
