@@ -7,6 +7,7 @@ the chat template and the EOS are the real ones while a step takes a fraction of
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -239,6 +240,56 @@ def test_the_trainer_trains_on_the_ids_the_scorer_scored(tmp_path, base_dir, tok
         if name != "long":  # read back: the start token (unless the template writes it), prompt and completion
             start = "" if prompt.startswith(tokenizer.bos_token) else tokenizer.bos_token
             assert tokenizer.decode(example["input_ids"]) == start + prompt + example["completion"]
+
+
+@pytest.mark.parametrize("template", ["vicuna", "alpaca", "wizardlm"])
+def test_fine_tuning_on_a_reference_scored_subset_trains_on_the_scored_ids(tmp_path, base_dir, tokenizer, template):
+    """The subset's report says it was scored with the reference layout: the trainer lays it out the same way."""
+    single = {name: pair for name, pair in PAIRS.items() if not pair.context}
+    planner = Planner(tokenizer, template, MAX_LENGTH, "reference")
+    plans = planner.plan(list(single.values()))
+    rows = [
+        {
+            "id": name,
+            "instruction": p.instruction,
+            "input": p.input,
+            "output": p.output,
+            "messages": turns_of(p.instruction, p.input, p.output, ()),
+        }
+        for name, p in single.items()
+    ]
+    release = _write_release(tmp_path / "release", rows)
+    (release / KEY / "report.json").write_text(json.dumps({"student": {"key": KEY, "scoring": "reference"}}))
+    config = FinetuneConfig(
+        dataset=str(release),
+        config=KEY,
+        base_model=str(base_dir),
+        output_dir=tmp_path / "out",
+        template=template,
+        max_length=MAX_LENGTH,
+        max_steps=2,
+        per_device_batch_size=2,
+        global_batch_size=2,
+        logging_steps=1,
+    )
+    job = build_trainer(config)
+    assert job.scoring == "reference"
+    seen = {row["id"]: row for row in job.trainer.train_dataset}
+    eos = tokenizer.eos_token_id
+    for name, plan in zip(single, plans, strict=True):
+        if name == "full":  # the prompt fills max_length: nothing was scored, nothing is trained
+            assert plan.jobs[0] is None and name not in seen
+            continue
+        scored = planner.jobs[plan.jobs[0]]
+        example = seen[name]
+        # What the scorer scored (prompt + response as one string), then the EOS where it still fits.
+        expected = [*scored.ids] if len(scored.ids) == MAX_LENGTH else [*scored.ids, eos]
+        assert example["input_ids"] == expected
+        assert example["labels"][: scored.start] == [IGNORE_INDEX] * scored.start
+        assert example["labels"][scored.start : scored.start + scored.n] == list(scored.ids[scored.start :])
+    job.trainer.train()
+    losses = [e["loss"] for e in job.trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, base_dir, subset_dir):
