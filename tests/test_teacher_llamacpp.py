@@ -108,3 +108,21 @@ def test_reflect_20_alpaca_rows_with_llama_cpp_then_rerun_sends_nothing(alpaca_p
     assert posts(log) == sent  # the rerun sent zero requests
     assert re.search(r"requests sent\W+0 \(0 retries\)", again.stdout), again.stdout
     assert pl.read_parquet(out).equals(table)
+
+
+def test_llama_cpp_is_built_for_a_portable_cpu_baseline():
+    """The Makefile builds llama.cpp without native tuning: no AVX-512 or AMX code that a VM may trap (SIGILL)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.skip("llama-cpp-python is not installed: make test installs it")
+    done = subprocess.run(
+        [sys.executable, "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    info = done.stdout
+    assert re.search(r"\bAVX2 = 1\b", info), info  # the x86-64 baseline it is built for
+    assert re.findall(r"\b(AVX512\w*|AMX\w*|AVX_VNNI) = 1\b", info) == [], info
