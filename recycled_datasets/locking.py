@@ -33,7 +33,7 @@ def _holder() -> dict[str, object]:
     return {"pid": os.getpid(), "command": command[:200], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -53,7 +53,7 @@ def _describe(path: Path) -> str:
         if not isinstance(found, dict):  # not what a holder writes: no one to name
             found = {}
         pid = found.get("pid")
-        if isinstance(pid, int) and _alive(pid):
+        if isinstance(pid, int) and process_alive(pid):
             return f"pid {pid} ({found.get('command', '?')}, since {found.get('since', '?')})"
         time.sleep(0.05)
     return "another srecycle process"

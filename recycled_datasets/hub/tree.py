@@ -144,11 +144,14 @@ def build_tree(
     work = read_workdir(Path(workdir), students)
     final = Path(dest)
     check_replaceable(final, force=force, legacy=legacy)
+    remove_leftovers(final)
 
     # Written into a folder of this run's own beside the target and moved in at the end: a failure never
     # leaves half a release at ``dest``, and nothing this run did not create is ever removed.
     def write(staging: Path) -> tuple[list[ConfigEntry], dict[str, ConfigEntry], tuple[str, ...]]:
+        mark_staging(staging)
         configs, entries = _write_tree(work, staging, existing, repo_id)
+        (staging / STAGING_MARK).unlink()
         files = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
         write_manifest(staging, files)
         return configs, entries, files
@@ -164,6 +167,64 @@ def build_tree(
         rows={c.name: c.rows for c in configs},
         empty=tuple(c.name for c in configs if c.empty and c.name in entries),
     )
+
+
+STAGING_MARK = ".srecycle-staging"
+
+
+def mark_staging(staging: Path) -> None:
+    """Sign a staging folder as this process's, so a later run can tell a leftover of a killed run (SIGKILL,
+    power loss: no cleanup ran) from a folder of the user's and from another run's folder still being written."""
+    import json
+    import os
+    import socket
+
+    data = {"pid": os.getpid(), "host": socket.gethostname()}
+    (staging / STAGING_MARK).write_text(json.dumps(data) + "\n", encoding="utf-8")
+
+
+def _dead_run(folder: Path) -> bool:
+    """Whether ``folder`` is a staging folder signed by a process of this host that no longer runs."""
+    import json
+    import socket
+
+    from recycled_datasets.locking import process_alive
+
+    try:
+        data = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    pid = data.get("pid") if isinstance(data, dict) else None
+    return isinstance(pid, int) and data.get("host") == socket.gethostname() and not process_alive(pid)
+
+
+def remove_leftovers(final: Path) -> list[Path]:
+    """Remove what killed runs left beside ``final``: staging folders (``.NAME.srecycle-*``) they signed, and
+    the previous release they had moved aside (``.NAME.old-*/tree``, a release folder with its manifest).
+    Anything else so named is not provably ours and stays."""
+    import shutil
+
+    from recycled_datasets.safety import read_manifest
+
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for folder in sorted(parent.glob(f".{final.name}.*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        suffix = folder.name[len(final.name) + 2 :]
+        staging = suffix.startswith("srecycle-") and _dead_run(folder)
+        moved_aside = (
+            suffix.startswith("old-")
+            and [p.name for p in folder.iterdir()] == ["tree"]
+            and read_manifest(folder / "tree") is not None
+        )
+        if staging or moved_aside:
+            logger.info("removing %s, left by an interrupted run", folder)
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry:
