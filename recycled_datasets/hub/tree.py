@@ -116,13 +116,16 @@ def write_release_tree(
     repo_id: str | None = None,
     force: bool = False,
     legacy: bool = False,
+    skip_stale: bool = False,
 ) -> ReleaseTree:
     """Write the repo tree of ``workdir`` into ``dest`` (absent, empty, or an earlier release it replaces).
 
     ``students`` picks and orders the student configs (default: every ``students/KEY`` folder, sorted);
     the first becomes the default config. ``repo_id`` only fills the card's ``load_dataset`` snippets.
     """
-    return build_tree(workdir, dest, students=students, repo_id=repo_id, force=force, legacy=legacy)
+    return build_tree(
+        workdir, dest, students=students, repo_id=repo_id, force=force, legacy=legacy, skip_stale=skip_stale
+    )
 
 
 def build_tree(
@@ -134,6 +137,7 @@ def build_tree(
     existing: ExistingRelease | None = None,
     force: bool = False,
     legacy: bool = False,
+    skip_stale: bool = False,
 ) -> ReleaseTree:
     """:func:`write_release_tree`, merging the card with the configs of an ``existing`` release.
 
@@ -141,7 +145,7 @@ def build_tree(
     :mod:`recycled_datasets.safety`); ``force`` replaces any folder, ``legacy`` accepts ``DIR/dataset`` as
     earlier versions wrote it.
     """
-    work = read_workdir(Path(workdir), students)
+    work = read_workdir(Path(workdir), students, skip_stale=skip_stale)
     final = Path(dest)
     check_replaceable(final, force=force, legacy=legacy)
     remove_leftovers(final)
@@ -303,9 +307,11 @@ def _write_tree(
 
 
 # ---- reading the workdir -----------------------------------------------------------------------------------
-def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
-    """Check the workdir contract up front (every stage file against its digest), so a push fails before it
-    touches the network and a damaged file is named before anything is written."""
+def read_workdir(workdir: Path, students: Sequence[str] | None, *, skip_stale: bool = False) -> _Workdir:
+    """Check the workdir contract up front (every stage file against its digest, every student against the
+    reflections), so a push fails before it touches the network and a damaged file or a stale student is named
+    before anything is written. ``skip_stale`` leaves stale students out with a warning instead (the workdir's
+    own DIR/dataset, rewritten by every build); a push refuses them."""
     wd = Workdir(workdir)
     if not has_reflections(wd):
         raise InputError(
@@ -322,7 +328,6 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
         raise InputError(
             "no student subsets: run `srecycle select` (or build) for at least one student", path=str(wd.students_dir)
         )
-    found = []
     for key in keys:
         files = wd.student(key)  # checks the config-name rule
         for path in (files.subset, files.scores, files.report):
@@ -331,6 +336,10 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
                     f"missing {path.name}: run `srecycle select --student {key}` first", path=str(files.dir)
                 )
             verify(path, wd.command_for(path))
+    keys = _fresh(wd, keys, skip_stale=skip_stale)
+    found = []
+    for key in keys:
+        files = wd.student(key)
         report = read_report(wd, key)
         read_scores_table(wd, key)  # page checksums and columns
         if files.eval.is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
@@ -342,6 +351,19 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
                 raise InputError("missing from the selection report", path=str(files.report), field=field_name)
         found.append(_Student(key, files.scores, report))
     return _Workdir(wd, meta, tuple(found))
+
+
+def _fresh(wd: Workdir, keys: list[str], *, skip_stale: bool) -> list[str]:
+    from recycled_datasets.stages.select import stale_error, stale_students
+
+    stale = stale_students(wd, keys)
+    if not stale:
+        return keys
+    fresh = [key for key in keys if key not in stale]
+    if not skip_stale or not fresh:
+        raise stale_error(wd, stale)
+    logger.warning("%s; left out of %s until then", stale_error(wd, stale), wd.dataset)
+    return fresh
 
 
 def _scores_entry(configs: Sequence[ConfigEntry], scored: set[str]) -> ConfigEntry:
