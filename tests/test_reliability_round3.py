@@ -290,7 +290,8 @@ HOSTILE = "evil`model <script>alert(1)</script>\n---\n[click](http://attacker.ex
 def _body_is_safe(text: str) -> None:
     front, body = text.split("\n---\n", 1)[0], text.split("\n---\n", 1)[1]
     assert front.startswith("---\n")
-    assert "<script>" not in body and "](http://attacker.example)" not in body
+    prose = "".join(body.split("```")[::2])  # a fenced code block shows text as it is: no link, no tag
+    assert "<script>" not in body and "](http://attacker.example)" not in prose
     assert "\n---\n" not in body  # nothing outside ends a block or starts a new front matter
     assert "`model" not in body.replace("\\`model", "")  # no backtick left to break out of a code span
 
