@@ -323,6 +323,7 @@ def read_workdir(workdir: Path, students: Sequence[str] | None, *, skip_stale: b
     for key in ("teacher", "prompt_version", "source", "license"):
         if not isinstance(meta.get(key), str) or not meta[key]:
             raise InputError("missing or empty", path=str(wd.reflections_meta), field=key)
+    meta = {**meta, "source": public_name(meta["source"]), "teacher": public_name(meta["teacher"])}
     keys = wd.student_keys() if students is None else list(dict.fromkeys(students))
     if not keys:
         raise InputError(
@@ -341,6 +342,9 @@ def read_workdir(workdir: Path, students: Sequence[str] | None, *, skip_stale: b
     for key in keys:
         files = wd.student(key)
         report = read_report(wd, key)
+        report = {
+            k: public_name(v) if k in ("source", "teacher") and isinstance(v, str) else v for k, v in report.items()
+        }
         read_scores_table(wd, key)  # page checksums and columns
         if files.eval.is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
             from recycled_datasets.evaluation.card import release_evaluation
@@ -351,6 +355,20 @@ def read_workdir(workdir: Path, students: Sequence[str] | None, *, skip_stale: b
                 raise InputError("missing from the selection report", path=str(files.report), field=field_name)
         found.append(_Student(key, files.scores, report))
     return _Workdir(wd, meta, tuple(found))
+
+
+def public_name(name: str) -> str:
+    """A source or teacher as a release may name it: a local path names the user's folders, so only its file name
+    is published (``/home/me/data/alpaca.json`` -> ``alpaca.json``, ``reference:/home/me/ref`` -> ``reference:ref``);
+    Hub ids, URLs' hosts and the project's names stay as they are."""
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in ("reference", "local") and rest:
+        return f"{prefix}:{public_name(rest)}"
+    if "://" in name:
+        return name
+    path = Path(name) if Path(name).exists() else Path(name.split(":", 1)[0])  # a Hub id may end in :SPLIT
+    local = path.is_absolute() or name.startswith(("~", ".")) or path.exists()
+    return (path.name or name) if local else name
 
 
 def _fresh(wd: Workdir, keys: list[str], *, skip_stale: bool) -> list[str]:
