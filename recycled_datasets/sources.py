@@ -84,13 +84,15 @@ def _records_from_jsonl(path: Path, text: str) -> Iterable[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(
+            # Yielded, not raised: read_source raises it, or skips the line with --skip-invalid.
+            record = InputError(
                 f"not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object",
                 path=str(path),
                 row=lineno,
-            ) from e
+            )
+        yield lineno, record
 
 
 def _records_from_parquet(path: Path) -> Iterable[tuple[int, Any]]:
@@ -185,7 +187,8 @@ def read_file_records(path: Path) -> Iterable[tuple[int, Any]]:
     """(row number, object) of every row of a JSON, JSONL or parquet file, in order.
 
     The type comes from the suffix, else from the text (JSON lines, or a JSON list); an empty, whitespace-only,
-    non-UTF-8 or unreadable file raises :class:`InputError` naming it (and the row, for a bad JSON line).
+    non-UTF-8 or unreadable file raises :class:`InputError` naming it. A JSON line that does not parse comes as
+    an :class:`InputError` in place of its object (naming the file and line), for the caller to raise or skip.
     """
     path = Path(path)
     name = str(path)
@@ -229,6 +232,8 @@ def read_source(source: str | Path, *, skip_invalid: bool = False, limit: int | 
     invalid: list[InvalidRow] = []
     for row, record in records:
         try:
+            if isinstance(record, InputError):  # a line that is not JSON
+                raise record
             triples.append(chat_row(record, name, row) if is_chat_record(record) else _validate(record, name, row))
         except InputError as e:
             if not skip_invalid:

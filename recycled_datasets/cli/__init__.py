@@ -6,7 +6,9 @@ torch and transformers are imported inside the functions that run the work.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import typer
 from typer._click import exceptions as click_exceptions  # typer >= 0.26 vendors click (pyproject's floor)
@@ -84,20 +86,42 @@ def _one_line(message: str) -> str:
     return mask(" ".join(message.split()))
 
 
+INTERRUPTED = "srecycle: interrupted; finished work is saved and a rerun continues from it"
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the process is, so every ``finally`` and cleanup on the way out runs (a staging
+    folder is removed, a lock released) and the command ends with one line and exit code 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors end with one line on stderr and exit code 2; ``--debug`` shows tracebacks."""
+    """Entry point: user errors end with one line on stderr and exit code 2; ``--debug`` shows tracebacks.
+
+    An interrupt (Ctrl-C) ends with one line and exit code 130, SIGTERM with one line and 143, so
+    ``srecycle build && srecycle push`` stops there.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
     command = typer.main.get_command(app)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can signals be handled
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        command.main(args=args, prog_name="srecycle", standalone_mode=False)
+        # Outside standalone mode typer answers Ctrl-C (and any typer.Exit) by returning the exit code.
+        code = command.main(args=args, prog_name="srecycle", standalone_mode=False)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         typer.echo("srecycle: aborted", err=True)
         raise SystemExit(130) from None
+    except Terminated as exc:
+        typer.echo("srecycle: terminated (SIGTERM); finished work is saved and a rerun continues from it", err=True)
+        raise SystemExit(exc.code) from None
     except click_exceptions.NoArgsIsHelpError as exc:
         typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc))
         raise SystemExit(0) from None
@@ -118,5 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"srecycle: error: {_one_line(str(exc))}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        typer.echo("srecycle: interrupted; finished work is saved and a rerun continues from it", err=True)
+        typer.echo(INTERRUPTED, err=True)
         raise SystemExit(130) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if code == 130:
+        typer.echo(INTERRUPTED, err=True)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

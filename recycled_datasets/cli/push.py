@@ -120,11 +120,15 @@ def _push(
 def _attach_dataset_evaluation(workdir: Path, spec: str) -> None:
     from recycled_datasets.errors import ConfigError, InputError
     from recycled_datasets.evaluation.card import attach_evaluation
+    from recycled_datasets.workdir import Workdir
 
     key, sep, folder = spec.partition("=")
     if not sep or not key or not folder:
         raise ConfigError(f"--eval {spec!r}: write KEY=DIR (a student config and a `srecycle judge` output folder)")
-    student = workdir / "students" / key
+    try:
+        student = Workdir(workdir).student(key).dir  # the config-name rule: no path can reach outside the workdir
+    except ConfigError as e:
+        raise ConfigError(f"--eval {spec!r}: {e}") from e
     if not (student / "report.json").is_file():
         raise InputError(
             f"no selection for student {key!r}: run `srecycle select --student {key}` first", path=str(student)

@@ -70,6 +70,12 @@ def reflect(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer before retrying it.")
     ] = 300.0,
+    wait_ready: Annotated[
+        float,
+        typer.Option(
+            "--wait-ready", min=0.001, help="Seconds to wait at start for the server to answer (it may be loading)."
+        ),
+    ] = 300.0,
     max_retries: Annotated[
         int, typer.Option("--max-retries", min=0, help="Retries per request (429, 5xx, timeouts, lost connections).")
     ] = 8,
@@ -122,6 +128,7 @@ def reflect(
         tokenizer=tokenizer,
         teacher_name=teacher_name,
         timeout=timeout,
+        health_timeout=wait_ready,
         max_retries=max_retries,
         max_retry_seconds=max_retry_time,
         retry_rejected=retry_rejected,

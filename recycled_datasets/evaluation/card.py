@@ -9,7 +9,6 @@ model card's ``ModelCardData`` writes, so that the Hub and ``ModelCard.load`` re
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,14 +48,20 @@ def read_results(path: Path) -> dict[str, Any]:
 
 def attach_evaluation(checkpoint: Path, eval_dir: Path) -> Path:
     """Copy the judge report of ``eval_dir`` into ``CHECKPOINT/eval/``; returns that folder."""
+    from recycled_datasets.workdir.files import atomic_write_bytes
+
     results = Path(eval_dir) / RESULTS_FILE
     read_results(results)
     dest = Path(checkpoint) / EVAL_FOLDER
+    # Written by rename, never through a link someone planted there (copyfile would follow it).
+    for path in (dest, dest / RESULTS_FILE, dest / PLOT_FILE):
+        if path.is_symlink():
+            raise InputError("is a symbolic link; srecycle never writes through one: remove it", path=str(path))
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(results, dest / RESULTS_FILE)
+    atomic_write_bytes(dest / RESULTS_FILE, results.read_bytes(), digest=False)
     plot = Path(eval_dir) / PLOT_FILE
     if plot.is_file():
-        shutil.copyfile(plot, dest / PLOT_FILE)
+        atomic_write_bytes(dest / PLOT_FILE, plot.read_bytes(), digest=False)
     elif (dest / PLOT_FILE).exists():
         (dest / PLOT_FILE).unlink()  # an older run's plot must not stand beside these results
     return dest

@@ -50,6 +50,8 @@ def read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise InputError("unknown file type; use .json, .jsonl or .parquet", path=str(path))
     out = []
     for row, record in read_file_records(path):
+        if isinstance(record, InputError):  # a JSONL line that is not JSON
+            raise record
         if not isinstance(record, dict):
             raise InputError(f"expected an object, found {type(record).__name__}", path=str(path), row=row)
         out.append((row, record))

@@ -185,6 +185,12 @@ def training_examples(
     else:
         layouts = lay_out(tokenizer, template, exchanges, max_length=max_length, stop=True)
     keep = [i for i, layout in enumerate(layouts) if layout.n > 0]
+    if not keep:  # TRL would stop with a bare StopIteration on an empty dataset
+        raise InputError(
+            f"no row fits --max-length {max_length}: the prompt of every one of the {len(layouts)} rows fills it "
+            "alone, leaving no response token to train on; raise --max-length",
+            path=source,
+        )
     if len(keep) < len(layouts):
         logger.warning(
             "%d rows have no response token left within max_length=%d and are skipped",

@@ -16,7 +16,7 @@ from recycled_datasets.finetune.data import Subset, load_subset, training_exampl
 
 logger = logging.getLogger(__name__)
 
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -56,8 +56,8 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     if newest is None:
         return None
     candidates = sorted(
-        (p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)),
-        key=lambda p: int(_CHECKPOINT.match(p.name).group(1)),
+        (p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_DIR.match(p.name)),
+        key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)),
         reverse=True,
     )
     for path in candidates:

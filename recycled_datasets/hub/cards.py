@@ -10,6 +10,9 @@ The templates keep their home in the top-level ``model_cards/`` folder and are i
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,6 +53,31 @@ def template_dir() -> Traversable:
     return folder
 
 
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#|~])")
+_PLAIN = re.compile(r"^[A-Za-z0-9_ .:/@+=,%-]*$")  # names as they usually are: shown as they are
+
+
+def text(value: object) -> str:
+    """Text from outside the project (a model name a server reported, a path, a judge's name) as inert Markdown:
+    one line, HTML escaped, every character that could open code, emphasis, a link or a table cell escaped."""
+    one_line = " ".join(str(value).split())
+    if _PLAIN.match(one_line):
+        return one_line
+    return _MARKDOWN.sub(r"\\\1", html.escape(one_line, quote=False))
+
+
+def code(value: object) -> str:
+    """:func:`text` shown as code: in backticks when it is a plain name, else escaped inside ``<code>`` (the text
+    itself may hold backticks, which no code span can then enclose safely)."""
+    one_line = " ".join(str(value).split())
+    return f"`{one_line}`" if _PLAIN.match(one_line) else f"<code>{text(one_line)}</code>"
+
+
+def python_str(value: object) -> str:
+    """A Python string literal of ``value`` on one line, for the snippets in code blocks."""
+    return json.dumps(str(value)).replace("<", "\\u003c").replace(">", "\\u003e").replace("`", "\\u0060")
+
+
 def render_card(card_type: type[Card], card_data: CardData, template: str, **context: Any) -> Card:
     """``card_type.from_template(card_data, template_path=...)`` with the project's template and a strict Jinja.
 
@@ -67,7 +95,12 @@ def render_card(card_type: type[Card], card_data: CardData, template: str, **con
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    from recycled_datasets.hub.ids import is_repo_id
+
+    # Everything that did not come from the project goes through these filters (see the templates).
+    env.filters.update(text=text, code=code, python_str=python_str)
+    env.tests["repo_id"] = is_repo_id
     source = template_dir().joinpath(template).read_text(encoding="utf-8")
     variables = {**card_data.to_dict(), **context}
-    text = env.from_string(source).render(card_data=card_data.to_yaml(), **variables)
-    return card_type(text.rstrip("\n") + "\n")
+    rendered = env.from_string(source).render(card_data=card_data.to_yaml(), **variables)
+    return card_type(rendered.rstrip("\n") + "\n")

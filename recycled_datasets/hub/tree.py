@@ -116,13 +116,16 @@ def write_release_tree(
     repo_id: str | None = None,
     force: bool = False,
     legacy: bool = False,
+    skip_stale: bool = False,
 ) -> ReleaseTree:
     """Write the repo tree of ``workdir`` into ``dest`` (absent, empty, or an earlier release it replaces).
 
     ``students`` picks and orders the student configs (default: every ``students/KEY`` folder, sorted);
     the first becomes the default config. ``repo_id`` only fills the card's ``load_dataset`` snippets.
     """
-    return build_tree(workdir, dest, students=students, repo_id=repo_id, force=force, legacy=legacy)
+    return build_tree(
+        workdir, dest, students=students, repo_id=repo_id, force=force, legacy=legacy, skip_stale=skip_stale
+    )
 
 
 def build_tree(
@@ -134,6 +137,7 @@ def build_tree(
     existing: ExistingRelease | None = None,
     force: bool = False,
     legacy: bool = False,
+    skip_stale: bool = False,
 ) -> ReleaseTree:
     """:func:`write_release_tree`, merging the card with the configs of an ``existing`` release.
 
@@ -141,14 +145,17 @@ def build_tree(
     :mod:`recycled_datasets.safety`); ``force`` replaces any folder, ``legacy`` accepts ``DIR/dataset`` as
     earlier versions wrote it.
     """
-    work = read_workdir(Path(workdir), students)
+    work = read_workdir(Path(workdir), students, skip_stale=skip_stale)
     final = Path(dest)
     check_replaceable(final, force=force, legacy=legacy)
+    remove_leftovers(final)
 
     # Written into a folder of this run's own beside the target and moved in at the end: a failure never
     # leaves half a release at ``dest``, and nothing this run did not create is ever removed.
     def write(staging: Path) -> tuple[list[ConfigEntry], dict[str, ConfigEntry], tuple[str, ...]]:
+        mark_staging(staging)
         configs, entries = _write_tree(work, staging, existing, repo_id)
+        (staging / STAGING_MARK).unlink()
         files = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))
         write_manifest(staging, files)
         return configs, entries, files
@@ -164,6 +171,64 @@ def build_tree(
         rows={c.name: c.rows for c in configs},
         empty=tuple(c.name for c in configs if c.empty and c.name in entries),
     )
+
+
+STAGING_MARK = ".srecycle-staging"
+
+
+def mark_staging(staging: Path) -> None:
+    """Sign a staging folder as this process's, so a later run can tell a leftover of a killed run (SIGKILL,
+    power loss: no cleanup ran) from a folder of the user's and from another run's folder still being written."""
+    import json
+    import os
+    import socket
+
+    data = {"pid": os.getpid(), "host": socket.gethostname()}
+    (staging / STAGING_MARK).write_text(json.dumps(data) + "\n", encoding="utf-8")
+
+
+def _dead_run(folder: Path) -> bool:
+    """Whether ``folder`` is a staging folder signed by a process of this host that no longer runs."""
+    import json
+    import socket
+
+    from recycled_datasets.locking import process_alive
+
+    try:
+        data = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    pid = data.get("pid") if isinstance(data, dict) else None
+    return isinstance(pid, int) and data.get("host") == socket.gethostname() and not process_alive(pid)
+
+
+def remove_leftovers(final: Path) -> list[Path]:
+    """Remove what killed runs left beside ``final``: staging folders (``.NAME.srecycle-*``) they signed, and
+    the previous release they had moved aside (``.NAME.old-*/tree``, a release folder with its manifest).
+    Anything else so named is not provably ours and stays."""
+    import shutil
+
+    from recycled_datasets.safety import read_manifest
+
+    parent = final.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for folder in sorted(parent.glob(f".{final.name}.*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        suffix = folder.name[len(final.name) + 2 :]
+        staging = suffix.startswith("srecycle-") and _dead_run(folder)
+        moved_aside = (
+            suffix.startswith("old-")
+            and [p.name for p in folder.iterdir()] == ["tree"]
+            and read_manifest(folder / "tree") is not None
+        )
+        if staging or moved_aside:
+            logger.info("removing %s, left by an interrupted run", folder)
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry:
@@ -242,9 +307,11 @@ def _write_tree(
 
 
 # ---- reading the workdir -----------------------------------------------------------------------------------
-def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
-    """Check the workdir contract up front (every stage file against its digest), so a push fails before it
-    touches the network and a damaged file is named before anything is written."""
+def read_workdir(workdir: Path, students: Sequence[str] | None, *, skip_stale: bool = False) -> _Workdir:
+    """Check the workdir contract up front (every stage file against its digest, every student against the
+    reflections), so a push fails before it touches the network and a damaged file or a stale student is named
+    before anything is written. ``skip_stale`` leaves stale students out with a warning instead (the workdir's
+    own DIR/dataset, rewritten by every build); a push refuses them."""
     wd = Workdir(workdir)
     if not has_reflections(wd):
         raise InputError(
@@ -256,12 +323,12 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
     for key in ("teacher", "prompt_version", "source", "license"):
         if not isinstance(meta.get(key), str) or not meta[key]:
             raise InputError("missing or empty", path=str(wd.reflections_meta), field=key)
+    meta = {**meta, "source": public_name(meta["source"]), "teacher": public_name(meta["teacher"])}
     keys = wd.student_keys() if students is None else list(dict.fromkeys(students))
     if not keys:
         raise InputError(
             "no student subsets: run `srecycle select` (or build) for at least one student", path=str(wd.students_dir)
         )
-    found = []
     for key in keys:
         files = wd.student(key)  # checks the config-name rule
         for path in (files.subset, files.scores, files.report):
@@ -270,7 +337,14 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
                     f"missing {path.name}: run `srecycle select --student {key}` first", path=str(files.dir)
                 )
             verify(path, wd.command_for(path))
+    keys = _fresh(wd, keys, skip_stale=skip_stale)
+    found = []
+    for key in keys:
+        files = wd.student(key)
         report = read_report(wd, key)
+        report = {
+            k: public_name(v) if k in ("source", "teacher") and isinstance(v, str) else v for k, v in report.items()
+        }
         read_scores_table(wd, key)  # page checksums and columns
         if files.eval.is_dir():  # an evaluation of a model trained on this config (`srecycle push --eval`)
             from recycled_datasets.evaluation.card import release_evaluation
@@ -281,6 +355,33 @@ def read_workdir(workdir: Path, students: Sequence[str] | None) -> _Workdir:
                 raise InputError("missing from the selection report", path=str(files.report), field=field_name)
         found.append(_Student(key, files.scores, report))
     return _Workdir(wd, meta, tuple(found))
+
+
+def public_name(name: str) -> str:
+    """A source or teacher as a release may name it: a local path names the user's folders, so only its file name
+    is published (``/home/me/data/alpaca.json`` -> ``alpaca.json``, ``reference:/home/me/ref`` -> ``reference:ref``);
+    Hub ids, URLs' hosts and the project's names stay as they are."""
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in ("reference", "local") and rest:
+        return f"{prefix}:{public_name(rest)}"
+    if "://" in name:
+        return name
+    path = Path(name) if Path(name).exists() else Path(name.split(":", 1)[0])  # a Hub id may end in :SPLIT
+    local = path.is_absolute() or name.startswith(("~", ".")) or path.exists()
+    return (path.name or name) if local else name
+
+
+def _fresh(wd: Workdir, keys: list[str], *, skip_stale: bool) -> list[str]:
+    from recycled_datasets.stages.select import stale_error, stale_students
+
+    stale = stale_students(wd, keys)
+    if not stale:
+        return keys
+    fresh = [key for key in keys if key not in stale]
+    if not skip_stale or not fresh:
+        raise stale_error(wd, stale)
+    logger.warning("%s; left out of %s until then", stale_error(wd, stale), wd.dataset)
+    return fresh
 
 
 def _scores_entry(configs: Sequence[ConfigEntry], scored: set[str]) -> ConfigEntry:

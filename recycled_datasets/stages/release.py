@@ -27,6 +27,8 @@ class ReleaseStage(Stage):
     def _run(self) -> StageStats:
         from recycled_datasets.hub import write_release_tree
 
-        tree = write_release_tree(self.workdir.root, self.workdir.dataset, legacy=True)
+        # A student left stale by this build (another student's re-judge changed the reflections) is left out
+        # with a warning naming the command that rebuilds it; `srecycle push` refuses it.
+        tree = write_release_tree(self.workdir.root, self.workdir.dataset, legacy=True, skip_stale=True)
         rows = sum(tree.rows.values())
         return StageStats(self.name, rows=rows, made=rows, detail={"root": tree.root, "configs": tree.configs})

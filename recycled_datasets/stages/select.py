@@ -8,17 +8,24 @@ selection settings; their digest is kept in ``subset.json``, so an unchanged sel
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import StoreError
 from recycled_datasets.records import CONTEXT_COLUMN
 from recycled_datasets.selection import Selection, SelectionConfig, SelectionReport, select_rows, subset_frame
 from recycled_datasets.stages.base import Stage, StageStats, counts, digest_of
-from recycled_datasets.stages.reflect import gate_summary, read_rows
+from recycled_datasets.stages.reflect import gate_summary, read_rows, rows_of
 from recycled_datasets.stages.score import pairs_digest, pairs_of
 from recycled_datasets.workdir import Workdir
 from recycled_datasets.workdir.files import digest_path, read_json, write_json
-from recycled_datasets.workdir.tables import read_scores, read_scores_meta, read_subset_table, write_subset
+from recycled_datasets.workdir.tables import (
+    read_reflections,
+    read_scores,
+    read_scores_meta,
+    read_subset_table,
+    write_subset,
+)
 
 
 @dataclass
@@ -49,9 +56,8 @@ class SelectStage(Stage):
         return meta
 
     def _inputs_digest(self) -> str:
-        files = self.workdir.student(self.key)
-        scores = digest_path(files.scores).read_text(encoding="ascii").strip()
-        reflections = digest_path(self.workdir.reflections).read_text(encoding="ascii").strip()
+        scores = _digest_of_file(self.workdir.student(self.key).scores)
+        reflections = _digest_of_file(self.workdir.reflections)
         return digest_of(scores, reflections, self.ids, asdict(self.config))
 
     def done(self) -> bool:
@@ -88,7 +94,9 @@ class SelectStage(Stage):
         if CONTEXT_COLUMN in reflections.columns:  # the release writes each kept chat row with its earlier turns
             subset = subset.join(reflections.select("id", CONTEXT_COLUMN), on="id", how="left", maintain_order="left")
         write_subset(self.workdir, self.key, subset, report.as_dict())
-        write_json(self.workdir.student(self.key).dir / "subset.json", {"inputs_sha256": self._inputs_digest()})
+        files = self.workdir.student(self.key)
+        record = {"inputs_sha256": self._inputs_digest(), "scores_sha256": _digest_of_file(files.scores)}
+        write_json(files.dir / "subset.json", record)
         return Selection(frame=subset, report=report)
 
     def _run(self) -> StageStats:
@@ -104,6 +112,56 @@ class SelectStage(Stage):
         stats = _stats(self.name, report)
         stats.reused, stats.made = stats.rows, 0
         return stats
+
+
+def _digest_of_file(path: Path) -> str:
+    """The sha256 recorded beside a stage file when it was written."""
+    return digest_path(path).read_text(encoding="ascii").strip()
+
+
+def stale_students(workdir: Workdir, keys: list[str]) -> dict[str, str]:
+    """The students among ``keys`` whose files no longer match the workdir, each with why.
+
+    A student is stale when its scores were made for other text than the reflections now hold for its rows (a
+    re-judge with other gates, or an import, rewrote them after it was built), or when its subset was selected
+    from other scores than those beside it (a build stopped between the two). Publishing such a student would
+    pair one text with another text's scores.
+    """
+    frame = None
+    stale: dict[str, str] = {}
+    for key in keys:
+        files = workdir.student(key)
+        meta = read_scores_meta(workdir, key)
+        if meta is None:
+            stale[key] = "it has no scores.json"
+            continue
+        if frame is None:
+            frame, _ = read_reflections(workdir)
+        ids = read_scores(workdir, key)["id"].unique(maintain_order=True).to_list()
+        try:
+            _, _, pairs = pairs_of(rows_of(frame, ids))
+        except StoreError:
+            stale[key] = f"its scores hold rows that {workdir.reflections.name} no longer has"
+            continue
+        if meta.get("pairs_sha256") != pairs_digest(pairs):
+            stale[key] = f"its scores were made for other text than {workdir.reflections.name} now holds"
+            continue
+        record_path = files.dir / "subset.json"
+        if record_path.is_file():
+            record = read_json(record_path, workdir.command("subset.json", key))
+            if record.get("scores_sha256") not in (None, _digest_of_file(files.scores)):
+                stale[key] = "its subset was selected from other scores than those beside it"
+    return stale
+
+
+def stale_error(workdir: Workdir, stale: dict[str, str]) -> StoreError:
+    """One line naming every stale student, why, and the command that rebuilds each."""
+    why = "; ".join(f"{key}: {reason}" for key, reason in stale.items())
+    commands = "; ".join(f"srecycle build --workdir {workdir.root} --student {key}" for key in stale)
+    return StoreError(
+        f"student(s) {', '.join(stale)} no longer match the workdir's reflections ({why}); nothing stale is "
+        f"published: rebuild with {commands} (scores are reused where the text is unchanged)"
+    )
 
 
 def _stats(name: str, report: SelectionReport) -> StageStats:

@@ -12,6 +12,7 @@ answers as well: changing a threshold re-judges a workdir without asking the tea
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 import zlib
@@ -75,6 +76,10 @@ class GateConfig:
             raise ConfigError(f"max_repeats must be at least 2, not {self.max_repeats}")
         if self.min_repeat_chars < 0 or self.min_compression_chars < 0 or self.echo_min_words < 1:
             raise ConfigError("min_repeat_chars and min_compression_chars must be >= 0, echo_min_words >= 1")
+        numbers = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "disabled"}
+        for name, value in numbers.items():
+            if not math.isfinite(value):  # nan compares false with everything: it would turn its gate off
+                raise ConfigError(f"{name} must be a finite number, not {value}")
         if self.max_compression <= 1.0:
             raise ConfigError(f"max_compression must be above 1, not {self.max_compression}")
         if not 0.0 < self.echo_share <= 1.0:

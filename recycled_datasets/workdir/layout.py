@@ -15,11 +15,12 @@ Every stage file has a digest beside it (``.NAME.sha256``, see :mod:`recycled_da
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from recycled_datasets.errors import ConfigError
+from recycled_datasets.errors import ConfigError, InputError
 
 REFLECTIONS_CONFIG = "reflections"
 SCORES_CONFIG = "scores"
@@ -110,6 +111,25 @@ class Workdir:
         """The keys of the students built here, sorted."""
         folder = self.students_dir
         return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def check_links(self) -> None:
+        """Refuse a symbolic link among the workdir's own files and folders: writing through one would replace a
+        file outside the workdir (or write a student's files into another folder). The workdir itself may be a
+        link; files of the user's own beside ours are not looked at."""
+        own = {"reflections.parquet", "reflections.json", "teacher", "students", "dataset", "report.json"}
+        own |= {f".{name}.sha256" for name in own}
+        candidates = [self.root / name for name in sorted(own)]
+        for folder in (self.students_dir, self.teacher):
+            if folder.is_dir() and not folder.is_symlink():
+                for parent, dirs, files in os.walk(folder):  # links are listed, never followed
+                    candidates += [Path(parent) / name for name in sorted(dirs + files)]
+        link = next((path for path in candidates if path.is_symlink()), None)
+        if link is not None:
+            raise InputError(
+                "is a symbolic link; srecycle never writes through a link in a workdir: put the file or folder "
+                "itself there, or remove the link",
+                path=str(link),
+            )
 
     def command(self, name: str, key: str | None = None) -> str:
         """The command that writes the stage file ``name`` (of student ``key``) again."""
