@@ -96,6 +96,7 @@ def assert_equal_to_the_reference(scored: pl.DataFrame, model, tokenizer, templa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about a minute per format on an idle 2-core CPU, far more on a busy one
 @pytest.mark.parametrize("template", ["vicuna", "alpaca", "wizardlm"])
 def test_reference_scores_equal_the_reference_computation_with_the_embedded_student(
     alpaca_path: Path, tmp_path: Path, template: str
