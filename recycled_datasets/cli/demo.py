@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 DEMO_STUDENT = "smollm2-135m"
 # The tiny teacher's share: its generation is nearly all of the demo's time (README: what the demo costs).
 DEMO_TEACHER_ROWS = 3
-DEMO_MAX_NEW_TOKENS = 160
+DEMO_MAX_NEW_TOKENS = 128
 VARIANTS = ("ori", "ins", "res", "both")
 REFERENCE_FOLDER = "sample_reflections"
 
@@ -336,7 +336,7 @@ def _part_teacher(out: Any, workdir: Path, spec: StudentSpec, rows: int, max_new
     else:
         out.print(
             f"this run: {calls.sent} teacher calls ({calls.parse_retries} retries of refused replies), "
-            f"{calls.cached} answers read from the store, {stats.seconds:.1f} s "
+            f"{calls.cached} requests answered from the store instead of the model, {stats.seconds:.1f} s "
             f"(of which {calls.setup_seconds:.1f} s loading the model); a rerun reuses all {len(answers)} stored "
             "answers and makes no call"
         )
