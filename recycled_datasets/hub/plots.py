@@ -126,3 +126,49 @@ def _kept(report: Mapping[str, Any], kept: Mapping[str, int], path: Path) -> Non
     ax.set_title(f"kept {report.get('rows_kept', sum(kept_n))} of {report.get('rows_in', '?')} rows", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
     _save(fig, path)
+
+
+def write_selection_figure(
+    *, rows: list[tuple[str, float | None, float | None, bool]], branches: Mapping[str, int], path: Path
+) -> Path:
+    """One picture of a selection: the four branch counts, and each row's final IFD against its final r-IFD.
+
+    ``rows`` holds (final variant, IFD, r-IFD, kept) per row; rows with a missing score are left out of the
+    scatter (they are counted in the branches). The dashed lines are the keep thresholds (both scores < 1).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(11, 4.5)
+    bars, scatter = fig.subplots(1, 2, width_ratios=[1, 1.4])
+    order = ("both", "ins", "res", "ori")
+    counts = [int(branches.get(v, 0)) for v in order]
+    bars.bar(range(len(order)), counts, color=[_COLORS[v] for v in order])
+    for x, n in enumerate(counts):
+        bars.annotate(str(n), (x, n), ha="center", va="bottom", fontsize=9)
+    short = {"both": "new instruction\n+ response", "ins": "new instruction", "res": "new response", "ori": "source"}
+    bars.set_xticks(list(range(len(order))), [f"{v}\n({short[v]})" for v in order], fontsize=8)
+    bars.yaxis.set_major_locator(MaxNLocator(integer=True))
+    bars.set_ylabel("rows")
+    bars.set_title(f"final variant chosen by the rule ({sum(counts)} rows)", fontsize=10)
+
+    for kept, marker, label in ((True, "o", "kept"), (False, "x", "dropped")):
+        for v in order:
+            points = [(i, r) for f, i, r, k in rows if f == v and k == kept and _finite(i) and _finite(r)]
+            if points:
+                scatter.scatter(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    marker=marker,
+                    color=_COLORS[v],
+                    s=36,
+                    label=f"{label}, final {v} ({len(points)})",
+                )
+    scatter.axvline(1.0, color="black", linestyle="--", linewidth=1)
+    scatter.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    scatter.set_xlabel("IFD of the final variant")
+    scatter.set_ylabel("r-IFD of the final variant")
+    scatter.set_title("kept rows need IFD < 1 and r-IFD < 1 (dashed)", fontsize=10)
+    scatter.legend(fontsize=7, frameon=False, loc="best")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    return path

@@ -188,6 +188,14 @@ class AnswerStore:
         for status, request in self._db.execute("SELECT status, request FROM answers ORDER BY created"):
             yield status, json.loads(request)
 
+    def answers(self) -> Iterator[tuple[dict[str, Any], StoredAnswer]]:
+        """Every stored (request, answer), oldest first: what a teacher actually replied, for showing it."""
+        for key, request, *fields in self._db.execute(
+            "SELECT key, request, status, text, error, finish_reason, prompt_tokens, completion_tokens "
+            "FROM answers ORDER BY created"
+        ):
+            yield json.loads(request), StoredAnswer(key, *fields)
+
     def usage(self) -> dict[str, int]:
         """Answers and tokens stored so far, per status."""
         out: dict[str, int] = {}
