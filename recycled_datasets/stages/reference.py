@@ -56,13 +56,31 @@ def _records_of_file(path: Path) -> list[Any]:
     return data
 
 
+def _read_records(path: Path) -> list[Any]:
+    """:func:`_records_of_file`, with a file that cannot be read as rows turned into an error naming it."""
+    try:
+        return _records_of_file(path)
+    except UnicodeDecodeError as e:
+        raise InputError(f"is not UTF-8 text ({e.reason} at byte {e.start})", path=str(path)) from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path=str(path)) from e
+    except RecursionError as e:
+        raise InputError("holds JSON nested too deeply to read; a row is one flat object", path=str(path)) from e
+    except InputError:
+        raise
+    except Exception as e:  # pyarrow raises several unrelated types for a file that is not parquet
+        if path.suffix.lower() != ".parquet":
+            raise
+        raise InputError(f"is not a readable parquet file ({' '.join(str(e).split())[:160]})", path=str(path)) from e
+
+
 def _reference_splits(source: str) -> dict[str, list[Any]]:
     """The four splits' raw rows, from a local folder (files named by split) or through ``datasets``."""
     path = Path(source)
     if path.is_dir():
         files = {split: _split_files(path, split) for split in REFERENCE_SPLITS}
         if all(files.values()):
-            return {split: [rec for f in fs for rec in _records_of_file(f)] for split, fs in files.items()}
+            return {split: [rec for f in fs for rec in _read_records(f)] for split, fs in files.items()}
         if any(files.values()):
             lacking = [s for s, fs in files.items() if not fs]
             raise InputError(

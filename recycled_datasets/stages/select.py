@@ -7,7 +7,9 @@ selection settings; their digest is kept in ``subset.json``, so an unchanged sel
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import StoreError
@@ -50,9 +52,7 @@ class SelectStage(Stage):
 
     def _inputs_digest(self) -> str:
         files = self.workdir.student(self.key)
-        scores = digest_path(files.scores).read_text(encoding="ascii").strip()
-        reflections = digest_path(self.workdir.reflections).read_text(encoding="ascii").strip()
-        return digest_of(scores, reflections, self.ids, asdict(self.config))
+        return digest_of(_digest_of(files.scores), _digest_of(self.workdir.reflections), self.ids, asdict(self.config))
 
     def done(self) -> bool:
         files = self.workdir.student(self.key)
@@ -76,6 +76,7 @@ class SelectStage(Stage):
                     f"the scores of {self.key} were made for other reflections than {self.workdir.reflections}; "
                     f"rebuild them with srecycle build --student {self.key} --workdir {self.workdir.root}"
                 )
+        inputs = self._inputs_digest()  # before anything is written: a failure here leaves the old files whole
         selection = select_rows(scores, self.config)
         report = selection.report.with_provenance(
             student=scores_meta["student"],
@@ -88,7 +89,7 @@ class SelectStage(Stage):
         if CONTEXT_COLUMN in reflections.columns:  # the release writes each kept chat row with its earlier turns
             subset = subset.join(reflections.select("id", CONTEXT_COLUMN), on="id", how="left", maintain_order="left")
         write_subset(self.workdir, self.key, subset, report.as_dict())
-        write_json(self.workdir.student(self.key).dir / "subset.json", {"inputs_sha256": self._inputs_digest()})
+        write_json(self.workdir.student(self.key).dir / "subset.json", {"inputs_sha256": inputs})
         return Selection(frame=subset, report=report)
 
     def _run(self) -> StageStats:
@@ -104,6 +105,14 @@ class SelectStage(Stage):
         stats = _stats(self.name, report)
         stats.reused, stats.made = stats.rows, 0
         return stats
+
+
+def _digest_of(path: Path) -> str:
+    """The sha256 recorded beside a stage file, or, where it was lost (``cp dir/*`` skips dot-files), the file's."""
+    try:
+        return digest_path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _stats(name: str, report: SelectionReport) -> StageStats:

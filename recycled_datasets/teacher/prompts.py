@@ -148,7 +148,10 @@ def load_prompts(
             continue
         if not Path(path).is_file():
             raise ConfigError(f"prompt file {path} does not exist")
-        texts.append(Path(path).read_text(encoding="utf-8"))
+        try:
+            texts.append(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     digest = hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
     return PromptSet(texts[0], texts[1], version or f"custom-{digest}")
 
