@@ -47,6 +47,11 @@ class Rejected(TeacherError):
         self.reason = reason
 
 
+class WriteError(RecycledError):
+    """A file could not be written (the disk is full, the folder is read-only): nothing is wrong with what was
+    read, and what was finished before is kept."""
+
+
 class StoreError(RecycledError):
     """A work store (teacher answers, score shards) is corrupt or belongs to a different job."""
 

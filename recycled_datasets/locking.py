@@ -28,8 +28,10 @@ LOCK_NAME = ".srecycle.lock"
 
 
 def _holder() -> dict[str, object]:
+    from recycled_datasets.secrets import mask
+
     argv = [os.path.basename(sys.argv[0]) or "srecycle", *sys.argv[1:]]
-    command = " ".join(argv)
+    command = mask(" ".join(argv))  # a teacher URL may hold a password; the lock file is readable by others
     return {"pid": os.getpid(), "command": command[:200], "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

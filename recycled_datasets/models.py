@@ -115,7 +115,13 @@ def students_table(extra: Path | None = None) -> dict[str, StudentSpec]:
             raise ConfigError(f"students file {extra} is a folder; give the TOML file itself")
         if not extra.is_file():
             raise ConfigError(f"students file {extra} does not exist")
-        table.update(_read_table(extra.read_text(encoding="utf-8"), str(extra)))
+        try:
+            text = extra.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"students file {extra} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+        except OSError as e:
+            raise ConfigError(f"students file {extra} cannot be read ({e.strerror})") from e
+        table.update(_read_table(text, str(extra)))
     return table
 
 

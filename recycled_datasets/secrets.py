@@ -1,16 +1,20 @@
 """Secrets never appear in what the project prints or writes, whatever a server echoes back.
 
 The teacher token and the Hugging Face tokens are looked up where they live (environment, stored login) and
-replaced by ``***`` in error lines, log records and stored refusal reasons.
+replaced by ``***`` in error lines, log records, stored refusal reasons and lock files, as is the
+``user:password`` part of any URL.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable
 
 MASK = "***"
+# The ``user:password@`` of a URL (``http://alice:pw@host/v1``): credentials, whoever typed them.
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _ENV = ("SRECYCLE_TEACHER_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 _MIN_LENGTH = 6  # shorter values are not real tokens and would mask ordinary words
 
@@ -36,7 +40,8 @@ def _stored_login() -> str | None:
 
 
 def mask(text: str, extra: Iterable[str | None] = ()) -> str:
-    """``text`` with every known secret replaced by ``***``."""
+    """``text`` with every known secret, and the credentials of every URL in it, replaced by ``***``."""
+    text = _URL_USERINFO.sub(MASK + "@", text)
     for secret in known_secrets(extra):
         text = text.replace(secret, MASK)
     return text

@@ -45,6 +45,9 @@ class SourceData:
     invalid: list[InvalidRow] = field(default_factory=list)
 
 
+_TOO_DEEP = "holds JSON nested too deeply to read (thousands of levels); a row is one flat object"
+
+
 def _looks_like_jsonl(text: str) -> bool:
     return text.lstrip()[:1] == "{" and "\n{" in text.strip()
 
@@ -52,6 +55,8 @@ def _looks_like_jsonl(text: str) -> bool:
 def _records_from_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
     try:
         data = json.loads(text)
+    except RecursionError as e:
+        raise InputError(_TOO_DEEP, path=str(path)) from e
     except json.JSONDecodeError as e:
         if _looks_like_jsonl(text):
             return _records_from_jsonl(path, text)  # JSON lines in a file named .json
@@ -85,6 +90,8 @@ def _records_from_jsonl(path: Path, text: str) -> Iterable[tuple[int, Any]]:
             continue
         try:
             record = json.loads(line)
+        except RecursionError as e:
+            raise InputError(_TOO_DEEP, path=str(path), row=lineno) from e
         except json.JSONDecodeError as e:
             # Yielded, not raised: read_source raises it, or skips the line with --skip-invalid.
             record = InputError(

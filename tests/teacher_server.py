@@ -3,9 +3,13 @@
 It speaks TGI's routes (``/generate``, ``POST /``, ``/info``, ``/health``) and the OpenAI-compatible ones
 (``/v1/chat/completions``, ``/v1/models``), answers reflection prompts with deterministic, realistic replies
 (markers and all), and can misbehave on purpose: 429 bursts and random 429s, 503s, hanging answers (the client
-times out), dropped connections, bodies that are not JSON, and 422 refusals. It logs every generation request
-by content (prompt text + sampling settings) with what it did, so tests can prove that no stored answer was
-paid for twice, and the Authorization header of every request, so tests can prove which token reached it.
+times out), dropped connections, bodies that are not JSON, and 422 refusals; and, one ``mode`` at a time, the
+replies a broken proxy or server sends (:data:`MODES`: bodies that are not UTF-8 or not gzip, a ``content``
+that is no string, token counts as strings, a redirect loop, a lone surrogate, a body trickled one byte at a
+time, a ``/v1/models`` whose ``data`` is no list of objects) and a model switched half-way. It logs every
+generation request by content (prompt text + sampling settings) with what it did, so tests can prove that no
+stored answer was paid for twice, and the Authorization header of every request, so tests can prove which
+token reached it.
 
 It answers at most ``max_requests`` requests (then 503), every socket read has a timeout, and :meth:`stop`
 waits for the serving thread: a test that goes wrong cannot keep it busy or alive.
@@ -18,6 +22,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -28,6 +33,17 @@ from pathlib import Path
 from typing import Any
 
 OK = "ok"  # a normal answer was delivered
+# Reply faults, one per server (``Faults.mode``): what each sends instead of a normal 200 answer.
+MODES = {
+    "non_utf8": "a 200 whose body is not UTF-8",
+    "content_not_str": "a chat answer whose message content is an object",
+    "usage_str": "token counts given as strings",
+    "redirect_loop": "a redirect to itself, forever",
+    "bad_gzip": "a body marked gzip that is not",
+    "surrogate": "a reply holding a lone surrogate (\\ud800)",
+    "trickle": "the answer's body one byte at a time, slower than any timeout",
+    "models_not_list": "a /v1/models whose data is not a list of objects (and no /info)",
+}
 
 
 def content_key(text: str, temperature: float | None, seed: int | None, max_tokens: int | None) -> str:
@@ -57,6 +73,9 @@ class Faults:
         latency: seconds before each normal answer, a number or a function of a random generator.
         reply: replaces the reply text: a function of (user text, temperature) returning the reply.
         retry_after: value of the Retry-After header sent with 429/503 (None: no header).
+        mode: one of :data:`MODES`, sent instead of every normal answer (None: none).
+        trickle: seconds between two bytes of a trickled body (mode ``trickle``); it stops after ``trickle_for``.
+        switch_after / switch_to: after that many normal answers the server serves (and names) another model.
     """
 
     burst_429: int = 0
@@ -71,6 +90,15 @@ class Faults:
     reply: Callable[[str, float], str] | None = None
     retry_after: str | None = None
     seed: int = 0
+    mode: str | None = None
+    trickle: float = 0.5
+    trickle_for: float = 30.0
+    switch_after: int | None = None
+    switch_to: str = "fixture/other-model-13b"
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"unknown fault mode {self.mode!r}: choose one of {', '.join(MODES)}")
 
 
 def _field(prompt: str, label: str) -> str:
@@ -115,6 +143,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up is no server error
+            super().handle_error(request, client_address)
+
 
 class TeacherServer:
     """Start with :meth:`start` (or ``with``); ``url`` is the TGI-style root, ``v1`` the OpenAI-style base."""
@@ -141,6 +173,8 @@ class TeacherServer:
         self.faults = faults or Faults()
         self.unhealthy_for = unhealthy_for
         self.max_requests = max_requests
+        self.delivered = 0  # normal answers sent
+        self.named: Counter[str] = Counter()  # chat answers per model name they gave
         self.requests = 0  # every request, health checks included
         self.authorizations: list[str | None] = []  # the Authorization header of each request, in order
         self.events: list[Event] = []
@@ -287,7 +321,7 @@ def _handler_for(server: TeacherServer) -> type[BaseHTTPRequestHandler]:
             if self.path == "/health" and server.health:
                 loading = time.monotonic() - server._started_at < server.unhealthy_for
                 self._send(503 if loading else 200, {} if not loading else {"error": "model is loading"})
-            elif self.path == "/info" and server.tgi:
+            elif self.path == "/info" and server.tgi and server.faults.mode != "models_not_list":
                 self._send(
                     200,
                     {
@@ -307,12 +341,19 @@ def _handler_for(server: TeacherServer) -> type[BaseHTTPRequestHandler]:
                 server.reset_log()
                 self._send(200, {})
             elif self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                data: Any = [{"id": server.model, "object": "model"}]
+                if server.faults.mode == "models_not_list":
+                    data = [server.model, 3]
+                self._send(200, {"object": "list", "data": data})
             else:
                 self._send(404, {"error": f"no route {self.path}"})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
+            if self.path.endswith("?loop"):  # mode redirect_loop: round and round, whatever came with it
+                self.rfile.read(length)
+                self._send(307, b"", {"Location": self.path})
+                return
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
             except json.JSONDecodeError:
@@ -386,17 +427,73 @@ def _handler_for(server: TeacherServer) -> type[BaseHTTPRequestHandler]:
                 with server._lock:
                     server.inflight -= 1
                     event.finished = time.monotonic()
+                    server.delivered += 1
+                    if server.faults.switch_after is not None and server.delivered >= server.faults.switch_after:
+                        server.model = server.faults.switch_to  # the next answers (and /info) name the new one
+                if server.faults.mode is not None:
+                    event.outcome = server.faults.mode
+                    self._fault(server.faults.mode, body)
+                else:
+                    self._send(200, body)
+
+        def _fault(self, mode: str, body: Any) -> None:
+            if mode == "non_utf8":
+                self._send(200, b'{"choices": "\xff\xfe\xfa not UTF-8"}')
+            elif mode == "bad_gzip":
+                self._send(200, b"this is not gzip data at all", {"Content-Encoding": "gzip"})
+            elif mode == "redirect_loop":
+                self._send(307, b"", {"Location": self.path + "?loop"})
+            elif mode == "trickle":
+                self._trickle(json.dumps(body).encode("utf-8"))
+            elif self.path != "/v1/chat/completions" and isinstance(body, (dict, list)):
+                answer = body[0] if isinstance(body, list) else body
+                if mode == "usage_str":
+                    answer["details"]["generated_tokens"] = str(answer["details"]["generated_tokens"])
+                elif mode == "content_not_str":
+                    answer["generated_text"] = {"text": answer["generated_text"]}
+                elif mode == "surrogate":
+                    answer["generated_text"] = answer["generated_text"] + "\ud800"
                 self._send(200, body)
+            else:
+                if mode == "usage_str":
+                    body["usage"] = {k: str(v) for k, v in body["usage"].items()}
+                elif mode == "content_not_str":
+                    body["choices"][0]["message"]["content"] = {"text": body["choices"][0]["message"]["content"]}
+                elif mode == "surrogate":
+                    body["choices"][0]["message"]["content"] += " \ud800 end"
+                self._send(200, body)  # json.dumps writes the lone surrogate as the escape \ud800
+
+        def _trickle(self, data: bytes) -> None:
+            """Headers at once, then one byte every ``trickle`` seconds, for at most ``trickle_for`` seconds."""
+            stop = time.monotonic() + server.faults.trickle_for
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.flush()
+                for i in range(len(data)):
+                    if time.monotonic() > stop:
+                        break
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(server.faults.trickle)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, as it should
+            self.close_connection = True
 
         def _body(self, user_text: str, temperature: float, max_tokens: int | None) -> Any:
             text, finish, n_new = server.reply(user_text, temperature, max_tokens)
             n_prompt = len(user_text.split())
             if self.path == "/v1/chat/completions":
+                with server._lock:
+                    model = server.model
+                    server.named[model] += 1
                 return {
                     "id": "fixture",
                     "object": "chat.completion",
                     "created": 0,
-                    "model": server.model,
+                    "model": model,
                     "choices": [
                         {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                     ],

@@ -50,12 +50,15 @@ def score(
 
     import time
 
+    from recycled_datasets.errors import ConfigError
     from recycled_datasets.locking import locked
     from recycled_datasets.models import resolve_student
     from recycled_datasets.safety import check_distinct
     from recycled_datasets.sources import read_source
 
     check_distinct(output, [input])
+    if output.is_dir():  # found now, not after hours of scoring
+        raise ConfigError(f"--output {output} is a folder; give the path of the parquet file to write")
     spec = resolve_student(student, template=template, dtype=dtype, students_file=students_file)
     data = read_source(input, skip_invalid=skip_invalid, limit=limit)
     from recycled_datasets.scoring import ScoreConfig

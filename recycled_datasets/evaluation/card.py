@@ -32,17 +32,34 @@ def read_results(path: Path) -> dict[str, Any]:
         raise InputError(f"no {RESULTS_FILE}: give the --output folder of `srecycle judge`", path=str(path.parent))
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"unreadable JSON ({e})", path=str(path)) from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise InputError(f"unreadable JSON ({type(e).__name__}: {e})"[:200], path=str(path)) from e
     if not isinstance(results, dict):
         raise InputError("expected a JSON object (not written by `srecycle judge`?)", path=str(path))
     for key in ("a", "b", "judge", "test_sets", POOLED):
         if key not in results:
             raise InputError("missing (not written by `srecycle judge`?)", path=str(path), field=key)
+    for key in ("a", "b", "judge"):
+        if not isinstance(results[key], str):
+            raise InputError("must be a string (not written by `srecycle judge`?)", path=str(path), field=key)
+    if not isinstance(results["test_sets"], dict):
+        raise InputError("must be an object of test sets", path=str(path), field="test_sets")
     for name, stats in [*results["test_sets"].items(), (POOLED, results[POOLED])]:
         missing = [k for k in (*_SET_KEYS, "pairs") if k not in stats] if isinstance(stats, dict) else ["every key"]
         if missing:
             raise InputError(f"test set {name!r} lacks {', '.join(missing)}", path=str(path))
+        for key in (*_SET_KEYS, "pairs"):
+            value = stats[key]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            counted = key not in ("win_score", "adjusted_win_rate", "inconsistent")
+            if (counted and not (isinstance(value, int) and not isinstance(value, bool))) or (
+                not counted and value is not None and not number
+            ):
+                kind = "a whole number" if counted else "a number or null"
+                raise InputError(
+                    f"test set {name!r}: {key} is {value!r}, not {kind} (not written by `srecycle judge`?)",
+                    path=str(path),
+                )
     return results
 
 

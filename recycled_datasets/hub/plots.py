@@ -68,7 +68,12 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, format="png", dpi=_DPI, metadata={"Software": None})
+    from recycled_datasets.workdir.files import cannot_write
+
+    try:
+        fig.savefig(path, format="png", dpi=_DPI, metadata={"Software": None})
+    except OSError as e:
+        raise cannot_write(path, e) from e
 
 
 def _histograms(per_variant: Mapping[str, list[float]], title: str, path: Path) -> None:

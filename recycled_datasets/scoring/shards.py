@@ -31,7 +31,13 @@ class ShardStore:
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder / "setup.json"
         if meta.exists():
-            found = json.loads(meta.read_text())
+            try:
+                found = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise StoreError(
+                    f"{meta} is unreadable ({type(e).__name__}), so the checkpoints beside it cannot be trusted; "
+                    f"delete {folder} and rerun (its sequences are scored again)"
+                ) from e
             if found != setup:
                 raise StoreError(
                     f"{folder} holds scores of another setup ({found}); delete it or choose another output path"

@@ -7,6 +7,7 @@ selection settings; their digest is kept in ``subset.json``, so an unchanged sel
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,8 @@ class SelectStage(Stage):
         return meta
 
     def _inputs_digest(self) -> str:
-        scores = _digest_of_file(self.workdir.student(self.key).scores)
-        reflections = _digest_of_file(self.workdir.reflections)
-        return digest_of(scores, reflections, self.ids, asdict(self.config))
+        files = self.workdir.student(self.key)
+        return digest_of(_digest_of(files.scores), _digest_of(self.workdir.reflections), self.ids, asdict(self.config))
 
     def done(self) -> bool:
         files = self.workdir.student(self.key)
@@ -82,6 +82,7 @@ class SelectStage(Stage):
                     f"the scores of {self.key} were made for other reflections than {self.workdir.reflections}; "
                     f"rebuild them with srecycle build --student {self.key} --workdir {self.workdir.root}"
                 )
+        inputs = self._inputs_digest()  # before anything is written: a failure here leaves the old files whole
         selection = select_rows(scores, self.config)
         report = selection.report.with_provenance(
             student=scores_meta["student"],
@@ -95,8 +96,7 @@ class SelectStage(Stage):
             subset = subset.join(reflections.select("id", CONTEXT_COLUMN), on="id", how="left", maintain_order="left")
         write_subset(self.workdir, self.key, subset, report.as_dict())
         files = self.workdir.student(self.key)
-        record = {"inputs_sha256": self._inputs_digest(), "scores_sha256": _digest_of_file(files.scores)}
-        write_json(files.dir / "subset.json", record)
+        write_json(files.dir / "subset.json", {"inputs_sha256": inputs, "scores_sha256": _digest_of(files.scores)})
         return Selection(frame=subset, report=report)
 
     def _run(self) -> StageStats:
@@ -114,9 +114,12 @@ class SelectStage(Stage):
         return stats
 
 
-def _digest_of_file(path: Path) -> str:
-    """The sha256 recorded beside a stage file when it was written."""
-    return digest_path(path).read_text(encoding="ascii").strip()
+def _digest_of(path: Path) -> str:
+    """The sha256 recorded beside a stage file, or, where it was lost (``cp dir/*`` skips dot-files), the file's."""
+    try:
+        return digest_path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def stale_students(workdir: Workdir, keys: list[str]) -> dict[str, str]:
@@ -149,7 +152,7 @@ def stale_students(workdir: Workdir, keys: list[str]) -> dict[str, str]:
         record_path = files.dir / "subset.json"
         if record_path.is_file():
             record = read_json(record_path, workdir.command("subset.json", key))
-            if record.get("scores_sha256") not in (None, _digest_of_file(files.scores)):
+            if record.get("scores_sha256") not in (None, _digest_of(files.scores)):
                 stale[key] = "its subset was selected from other scores than those beside it"
     return stale
 

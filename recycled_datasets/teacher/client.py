@@ -41,7 +41,8 @@ from recycled_datasets.teacher.transport import (
     _short,
     classify,
     read_info,
-    send,
+    send_within,
+    split_credentials,
     split_urls,
     teacher_token,
     wait_healthy,
@@ -71,8 +72,9 @@ __all__ = [
 
 @dataclass
 class _Endpoint:
-    url: str
+    url: str  # without credentials: what is logged, shown and stored
     token: str | None = None
+    basic: str | None = None  # ``user:password`` given in the URL, sent as basic authentication
     http: Any = None
     client: Any = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -106,7 +108,8 @@ class HttpTeacher(Teacher):
             raise ConfigError(f"unknown teacher api {api!r}: choose {' or '.join(APIS)}")
         if api == "generate" and any(u.endswith("/v1") for u in urls):
             raise ConfigError("--api generate talks to TGI's native route: give the server root, without /v1")
-        self.urls = urls
+        plain = [split_credentials(url) for url in urls]
+        self.urls = [url for url, _ in plain]
         self.api = api
         self.concurrency = concurrency
         self.timeout = timeout
@@ -120,7 +123,8 @@ class HttpTeacher(Teacher):
         self.limits = ServerLimits()
         self.window = 0
         self._named = teacher_name is not None
-        self._endpoints = [_Endpoint(url, teacher_token(url, token)) for url in urls]
+        self._endpoints = [_Endpoint(url, teacher_token(url, token), basic) for url, basic in plain]
+        self._served: tuple[str, ...] = ()  # the names replies may give the model (see transport.send)
         self._slots: asyncio.Queue[int] | None = None
         self._rng = random.Random(seed)
         self._remembered: dict[str, Any] | None = None
@@ -203,7 +207,7 @@ class HttpTeacher(Teacher):
         import httpx2
 
         for ep in self._endpoints:
-            ep.http = _connection_pool(ep.token)
+            ep.http = _connection_pool(ep.token, ep.basic)
         options = {"timeout": self.timeout}
         await asyncio.gather(
             *(wait_healthy(ep.http, ep.url, health_timeout=self.health_timeout, **options) for ep in self._endpoints)
@@ -215,6 +219,9 @@ class HttpTeacher(Teacher):
         ):
             ep.info, ep.models = info, models
         self._name_model()
+        reported = {str(n) for n in self._reported_names()}
+        # A reply may name the model as it was asked for or as the server reported it; any other name is a switch.
+        self._served = (*sorted(reported - {self.teacher_id}), self.teacher_id)
         self.teacher_revision = str(self._endpoints[0].info.get("model_sha") or "")
         self.limits = self._limits()
 
@@ -229,7 +236,7 @@ class HttpTeacher(Teacher):
             await ep.http.aclose()
             ep.http = None
             limits = httpx2.Limits(max_connections=ep.window + 2, max_keepalive_connections=ep.window + 2)
-            ep.http = _connection_pool(ep.token, limits=limits)
+            ep.http = _connection_pool(ep.token, ep.basic, limits=limits)
             ep.client = _inference_client(ep.url, ep.http, timeout=self.timeout)
             per_server.append([index] * ep.window)
             logger.info(
@@ -246,15 +253,19 @@ class HttpTeacher(Teacher):
             self._slots.put_nowait(slot)
         self.window = len(slots)
 
+    def _reported_names(self) -> set[str]:
+        names = set()
+        for ep in self._endpoints:
+            name = ep.info.get("model_id") or (ep.models[0].get("id") if ep.models else None)
+            if name and isinstance(name, str):
+                names.add(name)
+        return names
+
     def _name_model(self) -> None:
         """The model name the servers report, unless the user named it; they must all serve the same one."""
         if self._named:
             return
-        names = set()
-        for ep in self._endpoints:
-            name = ep.info.get("model_id") or (ep.models[0].get("id") if ep.models else None)
-            if name:
-                names.add(str(name))
+        names = self._reported_names()
         if not names:
             raise TeacherError(
                 f"teacher {self.urls[0]} names no model in /info or /v1/models; pass --teacher-name to say "
@@ -363,7 +374,9 @@ class HttpTeacher(Teacher):
             endpoint = self._endpoints[slot]
             try:
                 stats.sent += 1
-                reply = await send(endpoint.client, payload, model=self.teacher_id)
+                reply = await send_within(
+                    endpoint.client, payload, model=self.teacher_id, served=self._served, timeout=self.timeout
+                )
                 stats.prompt_tokens += reply.prompt_tokens or 0
                 stats.completion_tokens += reply.completion_tokens or 0
                 _check_budget(reply, payload)

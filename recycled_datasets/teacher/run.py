@@ -185,8 +185,10 @@ class TeacherRun:
 
     async def _store(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # SQLite work runs in the store's own thread: an fsync per answer must not stall the event loop that
-        # keeps the other requests of the window moving.
-        return await asyncio.get_running_loop().run_in_executor(self._io, functools.partial(call, *args, **kwargs))
+        # keeps the other requests of the window moving. It is submitted at once and shielded: a run stopped by
+        # another request's error (a model switch, a refused token) still commits every answer it received.
+        job = self._io.submit(functools.partial(call, *args, **kwargs))
+        return await asyncio.shield(asyncio.wrap_future(job))
 
     async def ask(self, prompt: str, attempt: int, system: str = "") -> tuple[str, str | None]:
         """(reply text, finish reason) of one request (the user turn ``prompt`` after the system message

@@ -11,14 +11,23 @@ cap it at 100 connections with 20 kept alive, and would refuse every URL, the us
 ``HF_HUB_OFFLINE`` is set (as it is on clusters without internet access, where teacher servers often run).
 
 A failed request is sorted by :func:`classify`: overload answers (429, 5xx), timeouts, dropped connections and
-garbled bodies are worth a retry; a request the server refuses for good (422, 400, 413) raises
-:class:`~recycled_datasets.errors.Rejected`; wrong routes and refused tokens raise
-:class:`~recycled_datasets.errors.TeacherError`.
+garbled bodies (not UTF-8, not JSON, a bad gzip stream, fields of the wrong type) are worth a retry; a request
+the server refuses for good (422, 400, 413) raises :class:`~recycled_datasets.errors.Rejected`; wrong routes,
+refused tokens, redirect loops and anything else raise :class:`~recycled_datasets.errors.TeacherError` (its
+cause kept for ``--debug``), so no reply of a server is ever a traceback.
+
+One attempt has one deadline, ``timeout`` seconds from its start, however the server sends its answer (a body
+trickled one byte at a time included): the client's own timeouts only bound each read.
+
+Credentials in a URL (``http://user:password@host/v1``) are taken out of it (:func:`split_credentials`): the
+URL is stored, logged and shown without them, and they go to that server as basic authentication only
+(a bearer token, when one is set, takes their place).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
@@ -29,7 +38,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from recycled_datasets.errors import ConfigError, Rejected, TeacherError
+from recycled_datasets.errors import ConfigError, RecycledError, Rejected, TeacherError
 from recycled_datasets.teacher.base import Reply
 
 logger = logging.getLogger(__name__)
@@ -104,8 +113,9 @@ def _token_hint(url: str) -> str:
     return f"${TOKEN_ENV} or $HF_TOKEN" if is_hf_endpoint(url) else f"${TOKEN_ENV}"
 
 
-def _connection_pool(token: str | None, **options: Any) -> Any:
-    """An ``httpx2.AsyncClient`` whose requests carry ``token`` as bearer token, or no Authorization at all.
+def _connection_pool(token: str | None, basic: str | None = None, **options: Any) -> Any:
+    """An ``httpx2.AsyncClient`` whose requests carry ``token`` as bearer token, else ``basic`` (``user:password``
+    from the URL) as basic authentication, or no Authorization at all.
 
     The header is set here, for every request, so that neither the Hub client nor anything else can add the
     user's Hugging Face token to a request for this server. (httpx drops it on a redirect to another host.)
@@ -116,16 +126,48 @@ def _connection_pool(token: str | None, **options: Any) -> Any:
         request.headers.pop("authorization", None)
         if token:
             request.headers["authorization"] = f"Bearer {token}"
+        elif basic:
+            request.headers["authorization"] = "Basic " + base64.b64encode(basic.encode("utf-8")).decode("ascii")
         return request
 
     return httpx2.AsyncClient(auth=authorize, follow_redirects=True, timeout=None, **options)
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``user:password@`` part, and that part (``user:password``, percent-decoded), if any."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return plain, f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+
+
+def _check_url(url: str) -> None:
+    """A ConfigError, masked, for a URL that no request could be sent to (``http://[::1``, port 99999)."""
+    from recycled_datasets.secrets import mask
+
+    shown = mask(url)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"teacher URL {shown!r} must start with http:// or https://")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+        host = parts.hostname
+    except ValueError as e:
+        raise ConfigError(f"teacher URL {shown!r} is malformed ({e}); write it as http://host:port/v1") from e
+    if not host or any(c.isspace() for c in url) or port == 0:
+        raise ConfigError(
+            f"teacher URL {shown!r} is malformed (no host, a space or port 0); write it as http://host:port/v1"
+        )
+
+
 def split_urls(teacher: str) -> list[str]:
+    """The teacher URLs of ``--teacher`` (comma-separated), each checked; credentials in them are kept."""
     urls = [u.strip().rstrip("/") for u in teacher.split(",") if u.strip()]
     for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"teacher URL {url!r} must start with http:// or https://")
+        _check_url(url)
     if not urls:
         raise ConfigError("no teacher URL given")
     return urls
@@ -199,7 +241,14 @@ def _check_budget(reply: Reply, payload: dict[str, Any]) -> None:
 
 
 async def _get(http: Any, url: str, timeout: float) -> Any:
-    return await http.get(url, timeout=min(timeout, 30.0))
+    limit = min(timeout, 30.0)
+    try:
+        # One deadline for the whole answer, not per read: a server trickling its body cannot hold the run.
+        return await asyncio.wait_for(http.get(url, timeout=limit), limit)
+    except TimeoutError as e:
+        import httpx2
+
+        raise httpx2.ReadTimeout(f"no answer within {limit:g} s") from e
 
 
 async def wait_healthy(http: Any, url: str, *, health_timeout: float, timeout: float) -> None:
@@ -227,6 +276,10 @@ async def wait_healthy(http: Any, url: str, *, health_timeout: float, timeout: f
             last = f"HTTP {response.status_code}"
         except httpx2.TransportError as e:
             last = f"{type(e).__name__}: {e}"
+        except httpx2.TooManyRedirects as e:
+            raise TeacherError(f"teacher {url} redirects in a loop ({e}); check the URL") from e
+        except httpx2.DecodingError as e:
+            last = f"an unreadable answer ({e})"
         if time.monotonic() + delay > deadline:
             raise TeacherError(
                 f"teacher {url} is not ready after {health_timeout:.0f} s (last: {last}); "
@@ -251,23 +304,63 @@ async def read_info(http: Any, url: str, *, timeout: float) -> tuple[dict[str, A
     response = await _get(http, f"{root}/v1/models", timeout)
     if response.status_code == 200:
         try:
-            models = list(response.json().get("data") or [])
-        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
-            logger.warning("%s/v1/models is not a model list; ignoring it", root)
+            data = response.json().get("data") or []
+        except (TypeError, ValueError, AttributeError):  # not JSON (ValueError covers bytes that are not UTF-8)
+            data = None
+        if isinstance(data, list) and all(isinstance(m, dict) for m in data):
+            models = [m for m in data if isinstance(m.get("id", ""), str)]
+        else:
+            logger.warning("%s/v1/models is not a list of model objects; ignoring it", root)
     return info, models
 
 
-async def send(client: Any, payload: dict[str, Any], *, model: str) -> Reply:
-    """One attempt at a prepared request through the Hub client: the chat route or TGI's generate route."""
+def _count_of(value: Any) -> int | None:
+    """A token count as the server gave it, if it is one (a string or a float is no count: ignored)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _reply(text: Any, finish: Any, prompt_tokens: Any, completion_tokens: Any) -> Reply:
+    """A :class:`Reply` of fields checked for type; text that cannot be stored is a refusal with its reason."""
+    if not isinstance(text, str):
+        raise _Malformed(f"the reply text is a {type(text).__name__}, not a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Rejected(
+            f"the reply is not valid Unicode (a lone surrogate {text[e.start]!r} at character {e.start}); "
+            "it cannot be stored"
+        ) from e
+    return Reply(
+        text, finish if isinstance(finish, str) else None, _count_of(prompt_tokens), _count_of(completion_tokens)
+    )
+
+
+async def send(client: Any, payload: dict[str, Any], *, model: str, served: tuple[str, ...] = ()) -> Reply:
+    """One attempt at a prepared request through the Hub client: the chat route or TGI's generate route.
+
+    ``served``: the names this server's model goes by (the name sent, the name it reported at the handshake);
+    a reply that names another model raises :class:`TeacherError`, so it is never stored under this one.
+    """
     if payload["api"] == "chat":
         settings = {name: payload[name] for name in ("max_tokens", "temperature", "seed")}
         out = await client.chat_completion(payload["messages"], model=model, **settings)
         choices = getattr(out, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None or choices[0].message.content is None:
-            raise _Malformed("the chat completion has no message content")
+        if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
+            raise _Malformed("the chat completion has no message")
+        named = getattr(out, "model", None)
+        if served and isinstance(named, str) and named and named not in served:
+            raise TeacherError(
+                f"the teacher server now answers as {named}, not {served[-1]}: it changed its model during the run; "
+                f"every answer of {served[-1]} so far is stored (none of {named}); restart the server with "
+                f"{served[-1]} and rerun, or use another --store for {named}"
+            )
         usage = getattr(out, "usage", None)
-        text, finish = choices[0].message.content, choices[0].finish_reason
-        return Reply(text, finish, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        content, finish = getattr(choices[0].message, "content", None), getattr(choices[0], "finish_reason", None)
+        if content is None:
+            raise _Malformed("the chat completion has no message content")
+        return _reply(
+            content, finish, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        )
     settings = {name: payload[name] for name in ("max_new_tokens", "do_sample", "temperature", "seed")}
     out = await client.text_generation(payload["inputs"], details=True, return_full_text=False, **settings)
     if getattr(out, "generated_text", None) is None:
@@ -275,7 +368,19 @@ async def send(client: Any, payload: dict[str, Any], *, model: str) -> Reply:
     details = getattr(out, "details", None)
     # The details name no prompt length: the count prepare() made stands in for it.
     finish, generated = getattr(details, "finish_reason", None), getattr(details, "generated_tokens", None)
-    return Reply(out.generated_text, finish, payload.get("prompt_tokens"), generated)
+    return _reply(out.generated_text, finish, payload.get("prompt_tokens"), generated)
+
+
+async def send_within(
+    client: Any, payload: dict[str, Any], *, model: str, served: tuple[str, ...], timeout: float
+) -> Reply:
+    """:func:`send` with one deadline for the whole attempt, whatever the server sends and however slowly."""
+    from huggingface_hub import InferenceTimeoutError
+
+    try:
+        return await asyncio.wait_for(send(client, payload, model=model, served=served), timeout)
+    except TimeoutError as e:
+        raise InferenceTimeoutError(f"no answer within {timeout:g} s") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,14 +402,28 @@ def classify(error: Exception, *, url: str, token: str | None, timeout: float) -
     from huggingface_hub import InferenceTimeoutError
     from huggingface_hub.errors import HfHubHTTPError, OverloadedError, TextGenerationError, ValidationError
 
-    if isinstance(error, InferenceTimeoutError):
+    if isinstance(error, RecycledError):
+        raise error  # already says what to do (a model switch, a refusal of ours)
+    if isinstance(error, (InferenceTimeoutError, TimeoutError)):
         return Failure("timeout", f"no answer within {timeout:g} s")
     if isinstance(error, httpx2.TransportError):
         return Failure("connection", f"{type(error).__name__}: {error}")
+    if isinstance(error, httpx2.TooManyRedirects):
+        raise TeacherError(f"teacher {url} redirects in a loop ({error}); check the URL") from error
+    if isinstance(error, UnicodeDecodeError):
+        return Failure("malformed", f"unusable answer body (not UTF-8: {error.reason} at byte {error.start})")
+    if isinstance(error, httpx2.DecodingError):
+        return Failure("malformed", f"unusable answer body (its encoding cannot be decoded: {error})")
     if isinstance(error, (_Malformed, json.JSONDecodeError)):
         return Failure("malformed", f"unusable answer body ({error})")
     if not isinstance(error, (HfHubHTTPError, TextGenerationError)):
-        raise error
+        if isinstance(error, (ValueError, TypeError, KeyError, IndexError, AttributeError)):
+            # The Hub client could not read the body into a completion: a body of another shape.
+            return Failure("malformed", f"unusable answer body ({type(error).__name__}: {error})")
+        raise TeacherError(
+            f"teacher {url}: an attempt failed in a way srecycle does not know ({type(error).__name__}: "
+            f"{_short(str(error), secrets=(token,))}); rerun with --debug to see where, and report it"
+        ) from error
     status, response = _status_of(error)
     if status is None:  # a TGI error without its HTTP answer: its type says which it was
         status = 429 if isinstance(error, OverloadedError) else 422 if isinstance(error, ValidationError) else 500

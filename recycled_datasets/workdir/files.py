@@ -11,6 +11,7 @@ that makes it again, never a traceback and never silently changed numbers.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from recycled_datasets.errors import StoreError
+from recycled_datasets.errors import StoreError, WriteError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -79,20 +80,34 @@ def _commit(tmp: Path, path: Path, digest: bool) -> Path:
     return path
 
 
+def cannot_write(path: Path, error: OSError) -> WriteError:
+    """The error for a write that failed on the disk's side (full, read-only, a name too long)."""
+    why = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space there (or use another folder) and rerun; what was finished before is kept"
+    else:
+        hint = "check that the folder is writable and rerun; what was finished before is kept"
+    return WriteError(f"cannot write {path} ({why}); {hint}")
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, digest: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary name of this run's own and a rename.
 
     ``digest`` records the file's sha256 beside it for :func:`verify` (release files, which the Hub
     checks itself, skip it).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_name(path)
+    except OSError as e:
+        raise cannot_write(path, e) from e
     try:
         tmp.write_bytes(data)
-    except BaseException:
+        return _commit(tmp, path, digest)
+    except OSError as e:
+        raise cannot_write(path, e) from e
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return _commit(tmp, path, digest)
 
 
 T = TypeVar("T")
@@ -136,14 +151,18 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 def write_table(table: pa.Table, path: Path, *, digest: bool = True) -> Path:
     """Write an arrow table as parquet with the project's fixed options (page checksums on), atomically."""
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_name(path)
+    except OSError as e:
+        raise cannot_write(path, e) from e
     try:
         _write_parquet_file(table, tmp)
-    except BaseException:
+        return _commit(tmp, path, digest)
+    except OSError as e:  # pyarrow's own IO errors are OSErrors too
+        raise cannot_write(path, e) from e
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return _commit(tmp, path, digest)
 
 
 def _write_parquet_file(table: pa.Table, tmp: Path) -> None:

@@ -29,12 +29,21 @@ RESERVED_NAMES = frozenset({REFLECTIONS_CONFIG, SCORES_CONFIG, "plots", "data", 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # a config name: a lowercase folder-safe word, not a Hub id
 
 
+# A key names a folder, and temporary files inside it carry it again: well below the 255 bytes a name may have.
+MAX_KEY_LENGTH = 96
+
+
 def check_config_name(key: str) -> str:
     """``key`` if it can name a student's config (and its folders), else a :class:`ConfigError` saying why."""
     if not _KEY.match(key or ""):
         raise ConfigError(
             f"student key {key!r} is not a valid config name: use lowercase letters, digits, '.', '_' and '-', "
             "starting with a letter or digit (pass --name KEY)"
+        )
+    if len(key) > MAX_KEY_LENGTH:
+        raise ConfigError(
+            f"student key {key[:40]!r}... is {len(key)} characters long; a config name has at most {MAX_KEY_LENGTH} "
+            "(pass a shorter --name KEY)"
         )
     if key in RESERVED_NAMES:
         raise ConfigError(

@@ -1,7 +1,9 @@
 """Reading and writing the workdir's stage tables: every reader and writer of a stage file goes through here.
 
 Writes are atomic and deterministic (:mod:`recycled_datasets.workdir.files`); reads check the file's digest
-and columns, so a damaged or foreign file is a one-line error naming it and the command that makes it again.
+and its columns against the stage's schema (none missing, none added, each of its type), so a damaged, foreign
+or hand-edited file is a one-line error naming it and the command that makes it again, even when its digest
+was recomputed to match.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.chat import reflection_columns
 from recycled_datasets.errors import StoreError
-from recycled_datasets.records import CONTEXT_COLUMN, REFLECTION_COLUMNS
+from recycled_datasets.records import CONTEXT_COLUMN
 from recycled_datasets.workdir.files import (
     atomic_write_bytes,
-    read_frame,
     read_json,
     read_table,
     write_json,
@@ -55,6 +56,46 @@ def checked(table: pa.Table, path: Path, columns: Sequence[str], regenerate: str
     return table
 
 
+def _same_kind(found: pa.DataType, expected: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    for kind in (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        pa.types.is_integer,
+        pa.types.is_floating,
+    ):
+        if kind(expected):
+            return bool(kind(found) or (pa.types.is_null(found)))
+    return found.equals(expected)
+
+
+def conforming(
+    table: pa.Table, path: Path, schema: pa.Schema, regenerate: str, *, optional: Sequence[str] = ()
+) -> pa.Table:
+    """``table`` if it holds exactly the columns of ``schema`` (``optional`` ones may be absent), each of its type;
+    else a :class:`StoreError` naming the file, what is wrong and what to run."""
+    problems = []
+    missing = [n for n in schema.names if n not in table.column_names and n not in optional]
+    if missing:
+        problems.append(f"lacks the column(s) {', '.join(missing)}")
+    extra = [n for n in table.column_names if n not in schema.names]
+    if extra:
+        problems.append(f"has column(s) srecycle does not write ({', '.join(extra)})")
+    wrong = [
+        f"{field.name} is {table.schema.field(field.name).type}, not {field.type}"
+        for field in schema
+        if field.name in table.column_names and not _same_kind(table.schema.field(field.name).type, field.type)
+    ]
+    if wrong:
+        problems.append(f"has columns of the wrong type ({'; '.join(wrong)})")
+    if problems:
+        raise StoreError(
+            f"{path} {' and '.join(problems)}: it was changed since srecycle wrote it; delete it and rerun "
+            f"`{regenerate}`"
+        )
+    return table
+
+
 # ---- reflections --------------------------------------------------------------------------------------------
 def has_reflections(workdir: Workdir | Path) -> bool:
     wd = as_workdir(workdir)
@@ -70,16 +111,19 @@ def read_reflections(workdir: Workdir | Path) -> tuple[pl.DataFrame, dict[str, A
             "(or srecycle import-reflections) first"
         )
     meta = read_json(wd.reflections_meta, wd.command_for(wd.reflections_meta))
-    frame = read_frame(wd.reflections, wd.command_for(wd.reflections))
-    checked(frame.to_arrow().slice(0, 0), wd.reflections, REFLECTION_COLUMNS, wd.command_for(wd.reflections))
+    import polars as pl
+
+    frame = pl.from_arrow(read_reflections_table(wd))
     return frame.select(reflection_columns(frame.columns)), meta
 
 
 def read_reflections_table(workdir: Workdir | Path) -> pa.Table:
     """The wide reflections table as arrow (for the release views)."""
     wd = as_workdir(workdir)
-    table = read_table(wd.reflections, wd.command_for(wd.reflections))
-    return checked(table, wd.reflections, REFLECTION_COLUMNS, wd.command_for(wd.reflections))
+    regenerate = wd.command_for(wd.reflections)
+    table = read_table(wd.reflections, regenerate)
+    schema = reflections_schema(context=True)
+    return conforming(table, wd.reflections, schema, regenerate, optional=(CONTEXT_COLUMN,))
 
 
 def read_reflections_meta(workdir: Workdir | Path) -> dict[str, Any]:
@@ -102,16 +146,16 @@ def write_reflections_file(path: Path, frame: pl.DataFrame, meta: Mapping[str, A
 
 # ---- scores -------------------------------------------------------------------------------------------------
 def read_scores(workdir: Workdir | Path, key: str) -> pl.DataFrame:
-    wd = as_workdir(workdir)
-    files = wd.student(key)
-    return read_frame(files.scores, wd.command(files.scores.name, key))
+    import polars as pl
+
+    return pl.from_arrow(read_scores_table(workdir, key))
 
 
 def read_scores_table(workdir: Workdir | Path, key: str) -> pa.Table:
     wd = as_workdir(workdir)
     files = wd.student(key)
     table = read_table(files.scores, wd.command(files.scores.name, key))
-    return checked(table, files.scores, scores_schema().names, wd.command(files.scores.name, key))
+    return conforming(table, files.scores, scores_schema(), wd.command(files.scores.name, key))
 
 
 def read_scores_meta(workdir: Workdir | Path, key: str) -> dict[str, Any] | None:
@@ -144,8 +188,9 @@ def write_subset(workdir: Workdir | Path, key: str, frame: pl.DataFrame, report:
 def read_subset_table(workdir: Workdir | Path, key: str) -> pa.Table:
     wd = as_workdir(workdir)
     files = wd.student(key)
-    table = read_table(files.subset, wd.command(files.subset.name, key))
-    return checked(table, files.subset, subset_schema().names, wd.command(files.subset.name, key))
+    regenerate = wd.command(files.subset.name, key)
+    table = read_table(files.subset, regenerate)
+    return conforming(table, files.subset, subset_schema(context=True), regenerate, optional=(CONTEXT_COLUMN,))
 
 
 def read_report(workdir: Workdir | Path, key: str) -> dict[str, Any]:
