@@ -144,7 +144,7 @@ def _records_of_file(path: Path) -> list[Any]:
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise InputError(f"is not a line of JSON ({e.msg})", path=where, row=number) from e
+                        raise InputError(f"is not valid JSON on this line ({e.msg})", path=where, row=number) from e
             return records
         data = json.loads(text)
     except OSError as e:
@@ -154,7 +154,7 @@ def _records_of_file(path: Path) -> list[Any]:
             f"is not UTF-8 text (byte {e.start}); give the file as the reference wrote it", path=where
         ) from e
     except json.JSONDecodeError as e:
-        raise InputError(f"is not JSON ({e.msg}, line {e.lineno})", path=where) from e
+        raise InputError(f"is not valid JSON ({e.msg}, line {e.lineno})", path=where) from e
     except RecursionError as e:
         raise InputError("is nested too deeply to be a file of rows", path=where) from e
     if not isinstance(data, list):
