@@ -34,14 +34,21 @@ IGNORE_INDEX = -100  # the label of a token that carries no loss (PyTorch's cros
 SCORINGS: tuple[str, ...] = ("reference", "split")
 
 
-def resolve_scoring(scoring: str | None, template: str, *, multi_turn: bool) -> str:
+def resolve_scoring(scoring: str | None, template: str, *, multi_turn: bool, preferred: str | None = None) -> str:
     """The scoring convention to use: the one asked for, else ``reference`` where it exists, else ``split``.
 
     ``reference`` exists for single-turn rows in the alpaca, vicuna and wizardlm formats (the reference script has
-    no chat form and no earlier turns); asking for it elsewhere is an error rather than a silent switch.
+    no chat form and no earlier turns); asking for it elsewhere (``scoring``) is an error rather than a silent
+    switch. ``preferred`` is a default, not a request (a students-table entry): it gives way to ``split`` where
+    ``reference`` has no form, so the paper's students still score chat data.
     """
+    exists = template in REFERENCE_TEMPLATES and not multi_turn
     if scoring is None or scoring == "":
-        return "reference" if template in REFERENCE_TEMPLATES and not multi_turn else "split"
+        if preferred and preferred not in SCORINGS:
+            raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, not {preferred!r}")
+        if preferred == "split":
+            return "split"
+        return "reference" if exists else "split"
     if scoring not in SCORINGS:
         raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
     if scoring == "reference":

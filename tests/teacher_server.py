@@ -95,6 +95,7 @@ class Faults:
     trickle_for: float = 30.0
     switch_after: int | None = None
     switch_to: str = "fixture/other-model-13b"
+    answer_as: str | None = None  # chat replies name the model so (a provider resolving an alias to a snapshot)
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -488,6 +489,8 @@ def _handler_for(server: TeacherServer) -> type[BaseHTTPRequestHandler]:
             if self.path == "/v1/chat/completions":
                 with server._lock:
                     model = server.model
+                    if server.faults.answer_as and model != server.faults.switch_to:
+                        model = server.faults.answer_as
                     server.named[model] += 1
                 return {
                     "id": "fixture",

@@ -292,6 +292,18 @@ def test_fine_tuning_on_a_reference_scored_subset_trains_on_the_scored_ids(tmp_p
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
 
 
+def test_a_release_from_before_the_two_conventions_trains_in_the_split_layout(tmp_path):
+    """Its report names no convention: it was scored split, whatever today's default for its template."""
+    from recycled_datasets.finetune.data import load_subset
+
+    release = _write_release(tmp_path / "release", _rows())
+    assert load_subset(str(release), KEY).scoring is None  # no report: not a release of ours, the default applies
+    (release / KEY / "report.json").write_text(json.dumps({"student": {"key": KEY, "template": "vicuna"}}))
+    assert load_subset(str(release), KEY).scoring == "split"
+    (release / KEY / "report.json").write_text(json.dumps({"student": {"key": KEY, "scoring": "reference"}}))
+    assert load_subset(str(release), KEY).scoring == "reference"
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, base_dir, subset_dir):
     output = tmp_path / "out"
     args = [

@@ -124,6 +124,8 @@ def test_import_scores_then_select_keeps_what_the_reference_selection_keeps(work
     report = json.loads((workdir_with_reflections / "students" / STUDENT / "report.json").read_text())
     assert report["student"]["scoring"] == "reference"
     assert report["student"]["imported_from"] == "local:analysis"
+    card = (workdir_with_reflections / "dataset" / "README.md").read_text(encoding="utf-8")
+    assert "`reference` token layout" in card and "imported from `local:analysis`" in card
 
 
 @pytest.mark.parametrize(

@@ -176,3 +176,23 @@ def test_reference_scores_equal_the_reference_computation_with_a_sentencepiece_t
     model = AutoModelForCausalLM.from_pretrained(sentencepiece_student, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(sentencepiece_student)
     assert_equal_to_the_reference(scored, model, tokenizer, template, rows)
+
+
+def test_the_paper_students_prefer_reference_but_chat_rows_score_split():
+    """The students table's `scoring` is a default: it gives way to split where reference has no form; a request
+    for reference there is an error."""
+    from recycled_datasets.errors import ConfigError
+    from recycled_datasets.models import resolve_student
+    from recycled_datasets.records import Pair, Turn
+    from recycled_datasets.scoring import ScoreConfig, scoring_of
+
+    llama = resolve_student("llama2-7b")
+    single, chat = [Pair("Add 2 and 3.", "", "5.")], [Pair("And 4?", "", "9.", (Turn("system", "Be brief."),))]
+    assert llama.scoring == "reference" and scoring_of(ScoreConfig(), llama, "vicuna", single) == "reference"
+    assert scoring_of(ScoreConfig(), llama, "vicuna", chat) == "split"
+    assert scoring_of(ScoreConfig(), llama, "chat", single) == "split"
+    assert scoring_of(ScoreConfig(scoring="split"), llama, "vicuna", single) == "split"
+    with pytest.raises(ConfigError, match="use --scoring split"):
+        scoring_of(ScoreConfig(scoring="reference"), llama, "chat", single)
+    with pytest.raises(ConfigError, match="earlier turns"):
+        scoring_of(ScoreConfig(scoring="reference"), llama, "vicuna", chat)

@@ -152,6 +152,20 @@ def test_a_server_that_switches_its_model_stops_the_run_and_nothing_is_misattrib
     assert stored(tmp_path / "store") == answers
 
 
+def test_a_provider_that_answers_with_a_snapshot_name_is_the_same_model_until_it_changes(tmp_path: Path, capsys):
+    """Asked for an alias, a provider names a dated snapshot in every reply: that is no switch; a later change is."""
+    snapshot = MODEL + "-2024-08-06"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with TeacherServer(faults=Faults(answer_as=snapshot)) as server:
+        code, err, _ = reflect(capsys, tmp_path / "a", server.v1, "--concurrency", "1", rows=2)
+        assert code == 0, err
+        assert dict(server.named) == {snapshot: 6}
+    with TeacherServer(faults=Faults(answer_as=snapshot, switch_after=3), max_concurrent_requests=2) as server:
+        code, err, _ = reflect(capsys, tmp_path / "b", server.v1, "--concurrency", "1", rows=6)
+        assert code == 2 and "fixture/other-model-13b" in one_line_error(err), err
+
+
 def test_credentials_in_a_teacher_url_are_sent_as_basic_auth_and_written_nowhere(tmp_path: Path, capsys, monkeypatch):
     """Item 11: masked in logs and the lock file; the answer store keeps the URL without them."""
     secret = "s3cret-pass-word"

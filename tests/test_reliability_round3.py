@@ -141,6 +141,11 @@ def test_a_finished_finetune_rerun_changes_nothing(release: Path, tiny_llama_dir
     assert hashlib.sha256((output / "model.safetensors").read_bytes()).hexdigest() == weights
     assert json.loads((output / "srecycle_finetune.json").read_text())["global_step"] == record["global_step"] == 2
     assert not (output / "checkpoint-3").exists()
+    # Another recipe in the same folder is not "the same run": refused, nothing trained.
+    other = [*args[:-4], "--global-batch-size", "8", *args[-4:]]
+    code, _, err = cli(capsys, *other)
+    assert code == 2 and "global_batch_size" in err, err
+    assert hashlib.sha256((output / "model.safetensors").read_bytes()).hexdigest() == weights
 
 
 # ---- 4. an interrupt prints one line and exits 130 -----------------------------------------------------------

@@ -30,8 +30,8 @@ def student():
     return resolve_student("smollm2-135m")
 
 
-def naive_scores(student, pairs, template, max_length):
-    planner = Planner(load_tokenizer(student), template, max_length)
+def naive_scores(student, pairs, template, max_length, scoring="split"):
+    planner = Planner(load_tokenizer(student), template, max_length, scoring)
     plans = planner.plan(pairs)
     losses = naive_losses(load_model(student, dtype="float32"), list(planner.jobs.values()))
     out = []
@@ -41,10 +41,13 @@ def naive_scores(student, pairs, template, max_length):
     return out
 
 
-def test_float32_equals_the_naive_loop(student):
-    frame = score_pairs(PAIRS, student, ScoreConfig(template="alpaca", dtype="float32", max_length=512))
+@pytest.mark.parametrize("scoring", ["split", "reference"])
+def test_float32_equals_the_naive_loop(student, scoring):
+    config = ScoreConfig(template="alpaca", dtype="float32", max_length=512, scoring=scoring)
+    frame = score_pairs(PAIRS, student, config)
     assert frame.columns[:2] == ["ifd", "rifd"] and frame.height == len(PAIRS)
-    for (ifd, rifd), row in zip(naive_scores(student, PAIRS, "alpaca", 512), frame.iter_rows(named=True)):
+    naive = naive_scores(student, PAIRS, "alpaca", 512, scoring)
+    for (ifd, rifd), row in zip(naive, frame.iter_rows(named=True)):
         assert row["status"] == "ok" and row["reason"] is None
         assert row["ifd"] == pytest.approx(ifd, rel=1e-4)
         assert row["rifd"] == pytest.approx(rifd, rel=1e-4)
@@ -58,7 +61,7 @@ def test_float32_equals_naive_on_100_real_rows(student, alpaca_path):
     """Acceptance: with --dtype float32, IFD and r-IFD equal the naive loop's to 1e-4 relative on 100 real rows."""
     rows = read_source(alpaca_path, limit=100).rows
     pairs = [Pair(r.instruction, r.input, r.output) for r in rows]
-    frame = score_pairs(pairs, student, ScoreConfig(template="alpaca", dtype="float32"))
+    frame = score_pairs(pairs, student, ScoreConfig(template="alpaca", dtype="float32", scoring="split"))
     expected = naive_scores(student, pairs, "alpaca", 2048)
     assert (frame["status"] == "ok").all()
     ifd_err = max(abs(a - b) / b for a, (b, _) in zip(frame["ifd"], expected))
@@ -79,16 +82,18 @@ def test_bfloat16_is_close_to_float32(student):
     assert fast["ifd"].to_list() != exact["ifd"].to_list()  # it did run in bf16
 
 
-def test_missing_scores_are_null_with_a_reason_never_zero(student):
+@pytest.mark.parametrize(("scoring", "empty_reason"), [("split", "empty target"), ("reference", "empty response")])
+def test_missing_scores_are_null_with_a_reason_never_zero(student, scoring, empty_reason):
     long_instruction = "Explain this word by word. " + "word " * 600
     pairs = [PAIRS[0], Pair(long_instruction, "", "Fine."), Pair("Say something.", "", "")]
-    frame = score_pairs(pairs, student, ScoreConfig(template="alpaca", dtype="float32", max_length=128))
+    config = ScoreConfig(template="alpaca", dtype="float32", max_length=128, scoring=scoring)
+    frame = score_pairs(pairs, student, config)
     ok, too_long, empty = frame.iter_rows(named=True)
     assert ok["status"] == "ok"
     assert too_long["status"] == "missing" and too_long["ifd"] is None
     assert "prompt fills max_length" in too_long["reason"] and too_long["n_response_tokens"] == 0
     assert too_long["loss_response_cond"] is None
-    assert empty["ifd"] is None and "empty target" in empty["reason"]
+    assert empty["ifd"] is None and empty_reason in empty["reason"]
 
 
 def test_each_distinct_sequence_is_scored_once(student, monkeypatch):
@@ -217,7 +222,8 @@ def test_token_layout_follows_spec_by_hand_including_truncation(student):
         enc(instruction_target(pair.instruction)),
     )
     max_length = 1 + len(prompt) + len(response) - 3  # cut three response tokens off
-    frame = score_pairs([pair], student, ScoreConfig(template="alpaca", dtype="float32", max_length=max_length))
+    config = ScoreConfig(template="alpaca", dtype="float32", max_length=max_length, scoring="split")
+    frame = score_pairs([pair], student, config)
     row = frame.row(0, named=True)
     n = len(response) - 3
     assert row["n_response_tokens"] == n and row["n_prompt_tokens"] == len(prompt)
@@ -231,9 +237,9 @@ def test_token_layout_follows_spec_by_hand_including_truncation(student):
     assert row["n_instruction_tokens"] == n_i
     if n_i == 0:
         assert row["rifd"] is None and "prompt fills max_length" in row["reason"]
-    full = score_pairs([pair], student, ScoreConfig(template="alpaca", dtype="float32", max_length=2048)).row(
-        0, named=True
-    )
+    full = score_pairs(
+        [pair], student, ScoreConfig(template="alpaca", dtype="float32", max_length=2048, scoring="split")
+    ).row(0, named=True)
     i_cond = _hand_loss(model, [bos, *rev, *instruction], 1 + len(rev), len(instruction))
     i_direct = _hand_loss(model, [bos, *instruction], 1, len(instruction))
     assert full["loss_instruction_cond"] == pytest.approx(i_cond, rel=1e-5)

@@ -52,7 +52,8 @@ def _card_license(readme: Path) -> str | None:
 
 
 def _report_scoring(report: Path | None) -> str | None:
-    """The scoring convention a config's report.json records for its student (None for older releases)."""
+    """The scoring convention a config's report.json records for its student; ``split`` for a report written
+    before there were two (every such release was scored that way); None without a report (not a release of ours)."""
     if report is None or not report.is_file():
         return None
     try:
@@ -60,7 +61,7 @@ def _report_scoring(report: Path | None) -> str | None:
     except (OSError, ValueError, AttributeError) as e:
         raise InputError(f"unreadable report ({e}); push the release again", path=str(report)) from e
     value = student.get("scoring") if isinstance(student, dict) else None
-    return value if isinstance(value, str) and value else None
+    return value if isinstance(value, str) and value else "split"
 
 
 def _hub_report(dataset: str, config: str, sha: str) -> Path | None:

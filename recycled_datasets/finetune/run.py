@@ -92,6 +92,12 @@ def finetune_metadata(job: TrainingJob, train_loss: float | None) -> dict[str, A
         "train_loss": train_loss,
         "eval_results": None,
         "student": job.student,
+        # what was asked, as given, so that a rerun with another base, batch or layout is never taken as this one
+        "requested": {
+            "base": config.base_model,
+            "global_batch_size": config.global_batch_size,
+            "scoring": config.scoring,
+        },
     }
 
 
@@ -163,6 +169,10 @@ def finished_run(config: FinetuneConfig) -> dict[str, Any] | None:
         found[name] = info.hyperparameters.get(name)
     if config.template is not None:
         asked["template"], found["template"] = config.template, info.template
+    requested = record.get("requested") if isinstance(record.get("requested"), dict) else {}
+    for name in ("base", "global_batch_size", "scoring"):
+        if name in requested:  # a record of an earlier version has none: compared on the rest
+            asked[name], found[name] = getattr(config, "base_model" if name == "base" else name), requested[name]
     differ = [name for name in asked if asked[name] != found[name]]
     if differ:
         name = differ[0]

@@ -121,7 +121,7 @@ def _scoring(config: FinetuneConfig, spec: Any, template: str, subset: Any) -> s
     multi_turn = "messages" in subset.rows.column_names and any(len(m or ()) > 2 for m in subset.rows["messages"])
     if config.scoring is None and subset.scoring is not None:
         return resolve_scoring(subset.scoring, template, multi_turn=multi_turn)
-    scoring = resolve_scoring(config.scoring or spec.scoring or None, template, multi_turn=multi_turn)
+    scoring = resolve_scoring(config.scoring, template, multi_turn=multi_turn, preferred=spec.scoring or None)
     if subset.scoring is not None and scoring != subset.scoring:
         logger.warning("training with the %s layout, but the subset was scored with %s", scoring, subset.scoring)
     return scoring

@@ -115,7 +115,7 @@ def _setup(student: StudentSpec, template: str, dtype: str, max_length: int, sco
 def scoring_of(config: ScoreConfig, student: StudentSpec, template: str, pairs: Sequence[Pair]) -> str:
     """The convention these pairs are scored with: the config's, else the student's, else the default."""
     return resolve_scoring(
-        config.scoring or student.scoring or None, template, multi_turn=any(p.context for p in pairs)
+        config.scoring, template, multi_turn=any(p.context for p in pairs), preferred=student.scoring or None
     )
 
 

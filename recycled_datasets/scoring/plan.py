@@ -166,7 +166,7 @@ class Planner:
         )
         plans = []
         for pair, f, b, do, di in zip(pairs, forward, backward, direct_out, direct_ins, strict=True):
-            if not pair.output.strip():  # the reference records no scores for an empty response
+            if pair.output == "":  # the reference records no scores for an empty response (only then)
                 rc = rd = ic = id_ = None
                 ifd_reason = rifd_reason = "empty response"
                 n_r = n_i = 0

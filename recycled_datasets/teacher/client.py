@@ -34,6 +34,7 @@ from recycled_datasets.teacher.transport import (
     DEFAULT_MAX_RETRY_SECONDS,
     DEFAULT_TIMEOUT,
     RetryPolicy,
+    ServedModel,
     _check_budget,
     _connection_pool,
     _inference_client,
@@ -124,7 +125,7 @@ class HttpTeacher(Teacher):
         self.window = 0
         self._named = teacher_name is not None
         self._endpoints = [_Endpoint(url, teacher_token(url, token), basic) for url, basic in plain]
-        self._served: tuple[str, ...] = ()  # the names replies may give the model (see transport.send)
+        self._served: ServedModel | None = None  # the names replies may give the model (see transport.send)
         self._slots: asyncio.Queue[int] | None = None
         self._rng = random.Random(seed)
         self._remembered: dict[str, Any] | None = None
@@ -221,7 +222,7 @@ class HttpTeacher(Teacher):
         self._name_model()
         reported = {str(n) for n in self._reported_names()}
         # A reply may name the model as it was asked for or as the server reported it; any other name is a switch.
-        self._served = (*sorted(reported - {self.teacher_id}), self.teacher_id)
+        self._served = ServedModel([*sorted(reported - {self.teacher_id}), self.teacher_id])
         self.teacher_revision = str(self._endpoints[0].info.get("model_sha") or "")
         self.limits = self._limits()
 

@@ -35,6 +35,7 @@ import os
 import random
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,7 +336,35 @@ def _reply(text: Any, finish: Any, prompt_tokens: Any, completion_tokens: Any) -
     )
 
 
-async def send(client: Any, payload: dict[str, Any], *, model: str, served: tuple[str, ...] = ()) -> Reply:
+class ServedModel:
+    """The names one run's replies may give the teacher model: the name sent, the names the server reported at the
+    handshake, and the name the first reply gives (a provider that resolves an alias answers ``gpt-4o`` with a
+    dated snapshot name: that is the same model). After the first reply, any other name is a switch."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = [n for n in names if n]
+        self.answered = False
+
+    @property
+    def asked(self) -> str:
+        return self.names[-1] if self.names else ""
+
+    def check(self, named: object) -> None:
+        if not isinstance(named, str) or not named or not self.names:
+            return
+        if named not in self.names:
+            if self.answered:
+                raise TeacherError(
+                    f"the teacher server now answers as {named}, not {self.asked}: it changed its model during the "
+                    f"run; every answer of {self.asked} so far is stored (none of {named}); restart the server "
+                    f"with {self.asked} and rerun, or use another --store for {named}"
+                )
+            logger.info("the teacher answers as %s (asked for %s): taken as the same model", named, self.asked)
+            self.names.insert(0, named)
+        self.answered = True
+
+
+async def send(client: Any, payload: dict[str, Any], *, model: str, served: ServedModel | None = None) -> Reply:
     """One attempt at a prepared request through the Hub client: the chat route or TGI's generate route.
 
     ``served``: the names this server's model goes by (the name sent, the name it reported at the handshake);
@@ -347,13 +376,8 @@ async def send(client: Any, payload: dict[str, Any], *, model: str, served: tupl
         choices = getattr(out, "choices", None)
         if not isinstance(choices, list) or not choices or getattr(choices[0], "message", None) is None:
             raise _Malformed("the chat completion has no message")
-        named = getattr(out, "model", None)
-        if served and isinstance(named, str) and named and named not in served:
-            raise TeacherError(
-                f"the teacher server now answers as {named}, not {served[-1]}: it changed its model during the run; "
-                f"every answer of {served[-1]} so far is stored (none of {named}); restart the server with "
-                f"{served[-1]} and rerun, or use another --store for {named}"
-            )
+        if served is not None:
+            served.check(getattr(out, "model", None))
         usage = getattr(out, "usage", None)
         content, finish = getattr(choices[0].message, "content", None), getattr(choices[0], "finish_reason", None)
         if content is None:
@@ -372,7 +396,7 @@ async def send(client: Any, payload: dict[str, Any], *, model: str, served: tupl
 
 
 async def send_within(
-    client: Any, payload: dict[str, Any], *, model: str, served: tuple[str, ...], timeout: float
+    client: Any, payload: dict[str, Any], *, model: str, served: ServedModel | None, timeout: float
 ) -> Reply:
     """:func:`send` with one deadline for the whole attempt, whatever the server sends and however slowly."""
     from huggingface_hub import InferenceTimeoutError
