@@ -50,24 +50,29 @@ def _analysis(rng: random.Random) -> dict[str, list[dict | None]]:
             # ratios around 1: conditioned losses near the direct ones
             loss[2] = loss[0] + rng.uniform(-0.4, 0.2)
             loss[3] = loss[1] + rng.uniform(-0.4, 0.2)
-            if split == "reflect_response" and i == 11:
+            if split == "reflect_instruction" and i == ZERO_ROW:
+                loss[3] = loss[1] - 1.0  # IFD(ins) 0.37, below IFD(ori): the rule takes the res/ori branch
+            if split == "reflect_response" and i == ZERO_ROW:
                 out[split].append({"loss": [0.0, 0.0, 0.0, 0.0], "ppl": [0.0, 0.0, 0.0, 0.0]})  # its failure value
                 continue
             out[split].append({"loss": loss, "ppl": [math.exp(v) for v in loss]})
     return out
 
 
+ZERO_ROW = 11  # its reflect_response record holds the scoring script's failure value (zeros)
+
+
 def _reference_keep(analysis: dict[str, list[dict | None]]) -> list[tuple[int, str]]:
-    """(row, variant) the reference selection keeps in paper mode, from the lists alone."""
+    """(row, variant) the reference selection keeps in paper mode, from the lists alone, as its code does."""
 
     def ratios(record):  # noqa: ANN001, ANN202
         ppl = record["ppl"]
-        if ppl is None:
+        if ppl is None:  # an empty record: the reference's NaN
             return math.nan, math.nan
         try:
             return ppl[3] / ppl[1], ppl[2] / ppl[0]
-        except ZeroDivisionError:  # the reference code writes 0 here; this project calls it missing (documented)
-            return math.nan, math.nan
+        except ZeroDivisionError:  # the reference writes 0 for both, which its selection then keeps
+            return 0.0, 0.0
 
     kept = []
     for i in range(N):
@@ -105,7 +110,11 @@ def test_import_scores_then_select_keeps_what_the_reference_selection_keeps(work
     main(["import-scores", str(folder), "--workdir", str(workdir_with_reflections), "--student", STUDENT, "-q"])
     main(["select", "--workdir", str(workdir_with_reflections), "--student", STUDENT, "--quiet"])
 
-    expected = _reference_keep(analysis)
+    reference = _reference_keep(analysis)
+    # The one documented difference (docs/method.md, section 9): the script's zeros are a failure here, so the row
+    # whose res record is zeros is not kept as a perfect res; every other row is cut exactly as the reference cuts it.
+    assert (ZERO_ROW, "res") in reference
+    expected = [k for k in reference if k != (ZERO_ROW, "res")]
     assert {v for _, v in expected} == {"both", "res"} and len(expected) >= 4  # the fixture exercises both
     reflections = pl.read_parquet(workdir_with_reflections / "reflections.parquet")
     ids = reflections["id"].to_list()
@@ -124,6 +133,12 @@ def test_import_scores_then_select_keeps_what_the_reference_selection_keeps(work
     report = json.loads((workdir_with_reflections / "students" / STUDENT / "report.json").read_text())
     assert report["student"]["scoring"] == "reference"
     assert report["student"]["imported_from"] == "local:analysis"
+    # A stale imported student is remade by importing again, not by scoring with the 7B model.
+    from recycled_datasets.stages.select import rebuild_command
+    from recycled_datasets.workdir import Workdir
+
+    hint = rebuild_command(Workdir(workdir_with_reflections), STUDENT)
+    assert hint.startswith("srecycle import-scores DIR --student llama2-7b") and "the folder analysis" in hint
     card = (workdir_with_reflections / "dataset" / "README.md").read_text(encoding="utf-8")
     assert "`reference` token layout" in card and "imported from `local:analysis`" in card
 

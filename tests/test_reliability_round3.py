@@ -391,6 +391,7 @@ def test_a_down_server_is_waited_on_only_as_long_as_asked(tmp_path: Path, capsys
     code, _, err = cli(capsys, "reflect", rows, "--teacher", f"http://127.0.0.1:{port}/v1", "--output",
                        tmp_path / "r.parquet", "--wait-ready", "1", "--quiet")  # fmt: skip
     assert code == 2 and "not ready after 1 s" in one_line_error(err)
+    assert "does not answer yet" in err and "waiting up to 1 s" in err  # said even with --quiet
     assert time.monotonic() - started < 30
 
 

@@ -157,10 +157,44 @@ def stale_students(workdir: Workdir, keys: list[str]) -> dict[str, str]:
     return stale
 
 
+def rebuild_command(workdir: Workdir, key: str) -> str:
+    """The command that makes ``key``'s scores and subset again, from what its scores.json records."""
+    meta = read_scores_meta(workdir, key) or {}
+    student = meta.get("student") if isinstance(meta.get("student"), dict) else {}
+    root = workdir.root
+    source = student.get("imported_from")
+    if source:
+        local = str(source).startswith("local:")
+        where = f" (DIR: the folder {str(source)[6:]} they came from)" if local else ""
+        return (
+            f"srecycle import-scores {'DIR' if local else source} --student {key} --workdir {root}{where}, then "
+            f"srecycle select --workdir {root} --student {key}"
+        )
+    from recycled_datasets.errors import ConfigError
+    from recycled_datasets.models import students_table
+
+    model = student.get("model")
+    try:
+        known = students_table().get(key)
+    except ConfigError:  # a broken $SRECYCLE_STUDENTS: name the student by its model
+        known = None
+    if known is not None and (not model or known.model == model):
+        parts = [f"srecycle build --workdir {root} --student {key}"]
+        defaults = {"template": known.template, "dtype": known.dtype, "scoring": known.scoring or None}
+    else:
+        parts = [f"srecycle build --workdir {root} --student {model or key}"] + ([f"--name {key}"] if model else [])
+        defaults = {}
+    for option in ("template", "scoring", "dtype"):
+        value = student.get(option)
+        if value and value != defaults.get(option, value if option == "scoring" else None):
+            parts.append(f"--{option} {value}")
+    return " ".join(parts)
+
+
 def stale_error(workdir: Workdir, stale: dict[str, str]) -> StoreError:
     """One line naming every stale student, why, and the command that rebuilds each."""
     why = "; ".join(f"{key}: {reason}" for key, reason in stale.items())
-    commands = "; ".join(f"srecycle build --workdir {workdir.root} --student {key}" for key in stale)
+    commands = "; ".join(rebuild_command(workdir, key) for key in stale)
     return StoreError(
         f"student(s) {', '.join(stale)} no longer match the workdir's reflections ({why}); nothing stale is "
         f"published: rebuild with {commands} (scores are reused where the text is unchanged)"

@@ -286,7 +286,15 @@ async def wait_healthy(http: Any, url: str, *, health_timeout: float, timeout: f
                 f"teacher {url} is not ready after {health_timeout:.0f} s (last: {last}); "
                 "check that the server is running and the URL is right"
             )
-        logger.info("waiting for teacher %s (%s)", url, last)
+        if delay == 0.25:  # once, as a warning: --quiet still says why nothing happens, and for how long at most
+            logger.warning(
+                "teacher %s does not answer yet (%s); waiting up to %.0f s for it (reflect --wait-ready SECONDS)",
+                url,
+                last,
+                health_timeout,
+            )
+        else:
+            logger.info("waiting for teacher %s (%s)", url, last)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
 
