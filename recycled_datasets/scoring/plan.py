@@ -91,20 +91,21 @@ class Planner:
             self.jobs[key] = Job(key=key, ids=tuple(ids), start=start, n=n)
         return key
 
-    def _pair_of_jobs(self, layout: Layout) -> tuple[str | None, str | None, int, str | None]:
-        """(conditional job, direct job, scored target tokens, reason when missing) for one laid-out pair."""
+    def _unscorable(self, layout: Layout) -> str | None:
+        """Why a laid-out pair's conditioned pass has no target token to score, or None when it has one."""
         if not layout.target_tokens:
-            return None, None, 0, "empty target"
+            return "empty target"
         if layout.n == 0:
             return (
-                None,
-                None,
-                0,
-                (
-                    f"the prompt fills max_length ({layout.start} >= {self.max_length} tokens): "
-                    "no target token left to score"
-                ),
+                f"the prompt fills max_length ({layout.start} >= {self.max_length} tokens): "
+                "no target token left to score"
             )
+        return None
+
+    def _pair_of_jobs(self, layout: Layout) -> tuple[str | None, str | None, int, str | None]:
+        """(conditional job, direct job, scored target tokens, reason when missing) for one laid-out pair."""
+        if reason := self._unscorable(layout):
+            return None, None, 0, reason
         cond = self._add(list(layout.ids), layout.start, layout.n)
         # The direct pass reads the same kept target tokens after the start token alone.
         direct_ids = self.head + list(layout.target)
@@ -125,22 +126,10 @@ class Planner:
                 for p in pairs
             ]
         )
-        plans = []
-        for response, instruction in zip(forward, reverse, strict=True):
-            rc, rd, n_r, ifd_reason = self._pair_of_jobs(response)
-            ic, id_, n_i, rifd_reason = self._pair_of_jobs(instruction)
-            plans.append(
-                PairPlan(
-                    jobs=(rc, rd, ic, id_),
-                    n_response=n_r,
-                    n_instruction=n_i,
-                    n_prompt=response.prompt_tokens,
-                    n_reverse_prompt=instruction.prompt_tokens,
-                    ifd_reason=ifd_reason,
-                    rifd_reason=rifd_reason,
-                )
-            )
-        return plans
+        return [
+            _pair_plan(self._pair_of_jobs(response), self._pair_of_jobs(instruction), response, instruction)
+            for response, instruction in zip(forward, reverse, strict=True)
+        ]
 
     def _plan_reference(self, pairs: Sequence[Pair]) -> list[PairPlan]:
         """The reference script's four passes per pair (its rows carry no earlier turns)."""
@@ -167,39 +156,16 @@ class Planner:
         plans = []
         for pair, f, b, do, di in zip(pairs, forward, backward, direct_out, direct_ins, strict=True):
             if pair.output == "":  # the reference records no scores for an empty response (only then)
-                rc = rd = ic = id_ = None
-                ifd_reason = rifd_reason = "empty response"
-                n_r = n_i = 0
+                none = (None, None, 0, "empty response")
+                plans.append(_pair_plan(none, none, f, b))
             else:
-                rc, rd, n_r, ifd_reason = self._reference_jobs(f, do)
-                ic, id_, n_i, rifd_reason = self._reference_jobs(b, di)
-            plans.append(
-                PairPlan(
-                    jobs=(rc, rd, ic, id_),
-                    n_response=n_r,
-                    n_instruction=n_i,
-                    n_prompt=f.prompt_tokens,
-                    n_reverse_prompt=b.prompt_tokens,
-                    ifd_reason=ifd_reason,
-                    rifd_reason=rifd_reason,
-                )
-            )
+                plans.append(_pair_plan(self._reference_jobs(f, do), self._reference_jobs(b, di), f, b))
         return plans
 
     def _reference_jobs(self, layout: Layout, direct_ids: list[int]) -> tuple[str | None, str | None, int, str | None]:
         """(conditioned job, direct job, scored target tokens, reason when missing), the reference's way."""
-        if not layout.target_tokens:
-            return None, None, 0, "empty target"
-        if layout.n == 0:
-            return (
-                None,
-                None,
-                0,
-                (
-                    f"the prompt fills max_length ({layout.start} >= {self.max_length} tokens): "
-                    "no target token left to score"
-                ),
-            )
+        if reason := self._unscorable(layout):
+            return None, None, 0, reason
         if len(direct_ids) < 2:
             return None, None, 0, "the target alone is one token: nothing after its first token to score"
         cond = self._add(list(layout.ids), layout.start, layout.n)
@@ -208,3 +174,18 @@ class Planner:
 
     def _lay_out(self, exchanges: list[Exchange]) -> list[Layout]:
         return lay_out(self.tokenizer, self.template, exchanges, max_length=self.max_length)
+
+
+def _pair_plan(response: tuple, instruction: tuple, forward: Layout, reverse: Layout) -> PairPlan:
+    """A pair's plan from its two (conditioned job, direct job, scored tokens, missing reason) and its layouts."""
+    rc, rd, n_r, ifd_reason = response
+    ic, id_, n_i, rifd_reason = instruction
+    return PairPlan(
+        jobs=(rc, rd, ic, id_),
+        n_response=n_r,
+        n_instruction=n_i,
+        n_prompt=forward.prompt_tokens,
+        n_reverse_prompt=reverse.prompt_tokens,
+        ifd_reason=ifd_reason,
+        rifd_reason=rifd_reason,
+    )
