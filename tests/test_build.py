@@ -254,6 +254,7 @@ def test_second_student_makes_zero_teacher_calls(workdir: Path, monkeypatch: pyt
     other = pl.read_parquet(workdir / "students" / "other" / "subset.parquet")
     report = json.loads((workdir / "students" / "other" / "report.json").read_text())
     assert report["student"]["template"] == "alpaca" and report["teacher"] == TEACHER_MODEL
+    assert report["student"]["scoring"] == "reference"  # single-turn alpaca rows: the reference layout
     assert report["rows_in"] == 2 and other.height > 0
     # another template gives other scores for the same variants
     a = pl.read_parquet(workdir / "students" / STUDENT / "scores.parquet").head(8)
@@ -307,6 +308,22 @@ def test_select_recuts_the_subset_from_cached_scores(workdir: Path, monkeypatch:
     assert pl.read_parquet(folder / "subset.parquet")["ifd"].to_list() == [highest_ifd]
     srecycle("select", "--workdir", workdir, "--student", STUDENT, "--keep-unreflected", "--quiet")  # as built
     assert json.loads((folder / "report.json").read_text()) == keep
+
+
+def test_a_change_of_scoring_convention_rescores_and_never_mixes_two(workdir: Path):
+    """The alpaca student 'other' was scored with the reference layout (the default for single-turn alpaca rows);
+    asking for split scores every pair again, and the table and its records name split alone."""
+    folder = workdir / "students" / "other"
+    before = pl.read_parquet(folder / "scores.parquet")
+    assert json.loads((folder / "scores.json").read_text())["student"]["scoring"] == "reference"
+    build(workdir, "--name", "other", "--template", "alpaca", "--scoring", "split", "--keep-unreflected",
+          teacher=UNREACHABLE, rows=2)  # fmt: skip
+    after = pl.read_parquet(folder / "scores.parquet")
+    assert json.loads((folder / "scores.json").read_text())["student"]["scoring"] == "split"
+    assert json.loads((folder / "report.json").read_text())["student"]["scoring"] == "split"
+    assert after.select("id", "variant").equals(before.select("id", "variant"))
+    # every pair was scored again: the split layout tokenizes prompt and target apart (and opens with BOS)
+    assert all(a != b for a, b in zip(after["loss_response_cond"], before["loss_response_cond"], strict=True))
 
 
 def test_a_reserved_config_name_is_refused_before_any_work(tmp_path: Path, capsys):
