@@ -18,29 +18,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from teacher_server import MODES, Faults, TeacherServer
-
-from recycled_datasets.cli import main
+from test_reliability import cli, one_line_error
 
 ROW = {"instruction": "Name a primary colour.", "input": "", "output": "Red is a primary colour."}
 MODEL = "fixture/teacher-7b"
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.startswith("srecycle: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def rows_file(tmp_path: Path, n: int = 1) -> Path:
