@@ -27,8 +27,12 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def _locked(workdir: Path) -> Iterator[None]:
     from recycled_datasets.locking import locked_all
+    from recycled_datasets.scoring import dist_info
 
     workdir.mkdir(parents=True, exist_ok=True)
+    if not dist_info().main:  # another rank of torchrun: it only scores its chunks, while rank 0 holds the locks
+        yield
+        return
     with locked_all((workdir, "workdir"), (Workdir(workdir).teacher, "answer store")):
         yield
 

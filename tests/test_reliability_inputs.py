@@ -161,13 +161,13 @@ def test_select_writes_nothing_when_it_fails(wd: Path, capsys, monkeypatch):
 @pytest.mark.parametrize("garbage", [b"{not json", NOT_UTF8, b"[" * 100_000])
 def test_a_garbled_score_checkpoint_setup_is_one_error_naming_it(garbage: bytes, tmp_path: Path):
     from recycled_datasets.errors import StoreError
-    from recycled_datasets.scoring.shards import ShardStore
+    from recycled_datasets.scoring.shards import ChunkStore
 
     parts = tmp_path / ".out.parquet.parts"
     parts.mkdir()
     (parts / "setup.json").write_bytes(garbage)
     with pytest.raises(StoreError, match="setup.json is unreadable"):
-        ShardStore(parts, {"model": "m"})
+        ChunkStore(parts, {"model": "m"})
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,7 @@ def test_a_killed_run_resumes_from_its_checkpoints(student, tmp_path, monkeypatc
     monkeypatch.setattr(engine_module, "score_batches", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         score_pairs(PAIRS, student, config)
-    assert first_run and list(tmp_path.glob("rank0-*.parquet"))
+    assert first_run and list(tmp_path.glob("seq-*.parquet"))
 
     second_run = []
 

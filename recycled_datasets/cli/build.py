@@ -162,6 +162,8 @@ def build(
         prompt_version=prompt_version,
     )
     result = run_student(config, release=True)
+    if "select" not in result.stats:  # another rank of torchrun: rank 0 reports
+        return
     spec_key = result.student
     _print_selection(result.report, workdir, spec_key)
     table = Table(title=f"srecycle build: {spec_key}")

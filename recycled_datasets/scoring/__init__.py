@@ -1,9 +1,10 @@
 """The student scorer: IFD and r-IFD for many pairs, exact and fast (docs/method.md, section 3).
 
-``score_pairs`` plans the four sequences of every pair (deduplicated), scores the ones no checkpoint holds
-in length-sorted batches, and assembles one row per pair. Under ``torchrun``/``accelerate launch`` each
-rank scores its share of the (globally planned) batches; rank 0 merges, so the result equals a one-process
-run.
+``score_pairs`` works through the pairs in fixed chunks: it plans the four sequences of each pair of a chunk
+(deduplicated), scores the ones no checkpoint holds in length-sorted batches, and commits the chunk's rows, so
+memory follows one chunk rather than the dataset. Under ``torchrun``/``accelerate launch`` each rank plans and
+scores only its share of the chunks, balanced by their text length; a chunk's batches do not depend on the
+number of ranks, so when rank 0 gathers the chunks the result equals a one-process run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,10 @@ class ScoreConfig:
         device: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks the rank's GPU when there is one.
         scoring: the token layout, ``reference`` (the reference script's, exactly) or ``split`` (the project's);
             ``None``: the student's, else :func:`recycled_datasets.tokens.resolve_scoring`'s default.
+        chunk_pairs: pairs planned, scored and committed together; ``None``: a 64th of the pairs, at least 64
+            and at most 2048. The scorer holds one chunk's token ids at a time, a resumed run skips finished
+            chunks without tokenizing them, and chunks are the unit ranks share. A sequence repeated in two
+            chunks is scored in each.
     """
 
     template: str | None = None
@@ -59,6 +64,7 @@ class ScoreConfig:
     flush_seconds: float = 30.0
     device: str | None = None
     scoring: str | None = None
+    chunk_pairs: int | None = None
 
     def __post_init__(self) -> None:
         if self.template is not None:
@@ -69,6 +75,8 @@ class ScoreConfig:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_length < 8:
             raise ConfigError(f"--max-length must be at least 8, not {self.max_length}")
+        if self.chunk_pairs is not None and self.chunk_pairs < 1:
+            raise ConfigError(f"chunk_pairs must be at least 1, not {self.chunk_pairs}")
         if self.batch_tokens is not None and self.batch_tokens < 16:
             raise ConfigError(f"--batch-tokens must be at least 16, not {self.batch_tokens}")
 
@@ -129,14 +137,16 @@ def _init_distributed(dist: DistInfo, device: str) -> bool:
     return True
 
 
-def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig | None = None) -> pl.DataFrame | None:
+def score_pairs(
+    pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig | None = None, *, discard_other: bool = False
+) -> pl.DataFrame | None:
     """Score every pair; one row per pair, in order, with the columns of ``records.SCORE_COLUMNS``.
 
     Returns ``None`` on ranks other than 0 of a distributed run (rank 0 returns the merged frame).
     A score that cannot be computed is null, with the reason in ``reason`` and ``status`` = "missing".
+    Checkpoints of another setup in ``config.cache_dir`` are an error, or with ``discard_other`` removed.
     """
-    from recycled_datasets.scoring.engine import batch_tokens_for, make_batches
-    from recycled_datasets.scoring.plan import Planner
+    from recycled_datasets.scoring.shards import ChunkStore, chunk_digest
 
     config = config or ScoreConfig()
     template = config.template or student.template
@@ -144,12 +154,10 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
     dist = dist_info()
     device = _device(config, dist)
     distributed = _init_distributed(dist, device)
-
     scoring = scoring_of(config, student, template, pairs)
-    tokenizer = load_tokenizer(student)
-    planner = Planner(tokenizer, template, config.max_length, scoring)
-    plans = planner.plan(pairs)
     setup = _setup(student, template, dtype, config.max_length, scoring)
+    size = config.chunk_pairs or chunk_pairs_for(len(pairs))
+    chunks = [(lo, min(lo + size, len(pairs))) for lo in range(0, len(pairs), size)]
 
     temp_dir = None
     cache_dir = config.cache_dir
@@ -159,19 +167,23 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
         temp_dir = tempfile.mkdtemp(prefix="srecycle-score-")
         cache_dir = Path(temp_dir)
     try:
-        store = _open_store(cache_dir, setup, dist, distributed, config.flush_seconds)
-        todo = _todo(planner.jobs, store.load())
-        batches = make_batches(todo, batch_tokens_for(device, config.batch_tokens))[dist.rank :: dist.world]
-        if batches:
-            model = load_model(student, dtype=dtype, device=device)
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            _run(model, batches, store, device, pad_id, len(pairs), len(planner.jobs), dist)
-        store.flush()
+        if distributed:  # rank 0 writes the setup before the other ranks read it
+            import torch.distributed as td
+
+            if dist.main:
+                ChunkStore(cache_dir, setup, discard_other=discard_other)
+            td.barrier()
+        store = ChunkStore(cache_dir, setup, write_setup=dist.main, discard_other=discard_other and dist.main)
+        mine = shares([_weight(pairs[lo:hi]) for lo, hi in chunks], dist.world)[dist.rank]
+        scorer = _ChunkScorer(student, config, template, dtype, scoring, device, dist, store)
+        scorer.run([(i, *chunks[i]) for i in mine], pairs)
         if distributed:
             import torch.distributed as td
 
             td.barrier()
-        frame = _assemble(plans, store.load()) if dist.main else None
+        frame = None
+        if dist.main:
+            frame = _collect(store, [(i, chunk_digest(pairs[lo:hi])) for i, (lo, hi) in enumerate(chunks)])
     except BaseException:
         if distributed:  # no barrier here: the other ranks may be gone; torchrun tears the group down
             import torch.distributed as td
@@ -184,64 +196,137 @@ def score_pairs(pairs: Sequence[Pair], student: StudentSpec, config: ScoreConfig
     if distributed:
         import torch.distributed as td
 
-        td.barrier()  # rank 0 has read every shard; the others may exit now
+        td.barrier()  # rank 0 has read every chunk; the others may exit now
         td.destroy_process_group()
     return frame
 
 
-def _open_store(cache_dir: Path, setup: dict, dist: DistInfo, distributed: bool, flush_seconds: float) -> Any:
-    """This rank's checkpoint shards; rank 0 writes the setup before the other ranks read it."""
-    from recycled_datasets.scoring.shards import ShardStore
-
-    if distributed:
-        import torch.distributed as td
-
-        if dist.main:
-            ShardStore(cache_dir, setup, rank=0)
-        td.barrier()
-    return ShardStore(cache_dir, setup, rank=dist.rank, flush_seconds=flush_seconds)
+def chunk_pairs_for(n_pairs: int) -> int:
+    """Pairs per chunk: a 64th of them, within [64, 2048] (it depends on the pairs only, never on the ranks)."""
+    return max(64, min(2048, -(-n_pairs // 64)))
 
 
-def _todo(jobs: dict[str, Any], done: dict[str, float]) -> list:
-    """The planned jobs no checkpoint holds yet, in plan order."""
-    todo = [job for key, job in jobs.items() if key not in done]
-    if done:
-        logger.info("resuming: %d of %d sequences already scored", len(jobs) - len(todo), len(jobs))
-    return todo
+def _weight(pairs: Sequence[Pair]) -> int:
+    """A chunk's expected work: the characters its four passes per pair read (tokens are about a fixed share)."""
+    return sum(
+        2 * (len(p.instruction) + len(p.input) + len(p.output)) + sum(len(t.content) for t in p.context) for p in pairs
+    )
 
 
-def _run(
-    model: Any, batches: list, store: Any, device: str, pad_id: int, n_pairs: int, n_jobs: int, dist: DistInfo
-) -> None:
-    import time
+def shares(weights: Sequence[int], world: int) -> list[list[int]]:
+    """Chunk indices per rank, balanced by weight: heaviest chunk first to the least loaded rank (ties: lowest).
 
-    from rich.progress import TextColumn
+    Deterministic, so every rank computes the same shares without talking to the others; each rank's chunks
+    are returned in index order.
+    """
+    loads = [0] * world
+    out: list[list[int]] = [[] for _ in range(world)]
+    for index in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        rank = min(range(world), key=lambda r: (loads[r], r))
+        loads[rank] += weights[index]
+        out[rank].append(index)
+    return [sorted(s) for s in out]
 
-    from recycled_datasets.progress import progress
-    from recycled_datasets.scoring.engine import score_batches
 
-    n_tokens = sum(len(j.ids) for b in batches for j in b)
-    jobs_here = sum(len(b) for b in batches)
-    per_job = n_pairs / max(n_jobs, 1)
-    with progress(TextColumn("{task.fields[rates]}")) as bar:
-        task = bar.add_task(
-            f"scoring (rank {dist.rank})" if dist.world > 1 else "scoring",
-            total=jobs_here,
-            rates="",
-            visible=dist.main,
+def _collect(store: Any, chunks: list[tuple[int, str]]) -> pl.DataFrame:
+    """Every chunk's rows, in order (rank 0, after every rank has finished its share)."""
+    import polars as pl
+
+    frames = []
+    for index, digest in chunks:
+        frame = store.load_result(index, digest)
+        if frame is None:
+            raise StoreError(f"chunk {index} of the pairs was never scored: the checkpoints are incomplete; rerun")
+        frames.append(frame)
+    return pl.concat(frames) if frames else _assemble([], {})
+
+
+class _ChunkScorer:
+    """Plans, scores and commits this rank's chunks one at a time: memory follows a chunk, not the dataset."""
+
+    def __init__(
+        self,
+        student: StudentSpec,
+        config: ScoreConfig,
+        template: str,
+        dtype: str,
+        scoring: str,
+        device: str,
+        dist: DistInfo,
+        store: Any,
+    ):
+        self.student, self.config, self.dtype, self.device, self.dist, self.store = (
+            student,
+            config,
+            dtype,
+            device,
+            dist,
+            store,
         )
-        started, tokens = time.monotonic(), 0
-        for batch, losses in score_batches(model, batches, device=device, pad_id=pad_id):
-            store.add([j.key for j in batch], losses)
-            tokens += sum(len(j.ids) for j in batch)
-            elapsed = max(time.monotonic() - started, 1e-9)
-            done_jobs = bar.tasks[0].completed + len(batch)
-            bar.update(
-                task,
-                advance=len(batch),
-                rates=f"{done_jobs * per_job / elapsed:.1f} pairs/s {tokens / elapsed:.0f} tok/s",
-            )
-    logger.info("scored %d sequences (%d tokens) on rank %d", jobs_here, n_tokens, dist.rank)
+        self.tokenizer = load_tokenizer(student)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.template, self.scoring = template, scoring
+        self.model: Any = None
+
+    def run(self, chunks: list[tuple[int, int, int]], pairs: Sequence[Pair]) -> None:
+        import time
+
+        from rich.progress import TextColumn
+
+        from recycled_datasets.progress import progress
+        from recycled_datasets.scoring.shards import chunk_digest
+
+        total = sum(hi - lo for _, lo, hi in chunks)
+        resumed = 0
+        with progress(TextColumn("{task.fields[rates]}")) as bar:
+            label = f"scoring (rank {self.dist.rank})" if self.dist.world > 1 else "scoring"
+            task = bar.add_task(label, total=total, rates="", visible=self.dist.main)
+            started, tokens, done_pairs = time.monotonic(), 0, 0
+            for index, lo, hi in chunks:
+                part = pairs[lo:hi]
+                digest = chunk_digest(part)
+                if self.store.load_result(index, digest) is not None:
+                    self.store.drop_sequences(index)
+                    resumed += 1
+                    bar.update(task, advance=len(part))
+                    continue
+                for fraction, n_tokens in self._score_chunk(index, digest, part):
+                    tokens += n_tokens
+                    done_pairs += fraction
+                    elapsed = max(time.monotonic() - started, 1e-9)
+                    bar.update(
+                        task,
+                        advance=fraction,
+                        rates=f"{done_pairs / elapsed:.1f} pairs/s {tokens / elapsed:.0f} tok/s",
+                    )
+        if resumed:
+            logger.info("resuming: %d of %d chunks of rank %d already scored", resumed, len(chunks), self.dist.rank)
+        logger.info("scored %d pairs in %d chunks on rank %d", total, len(chunks), self.dist.rank)
+
+    def _score_chunk(self, index: int, digest: str, part: Sequence[Pair]) -> Iterator[tuple[float, int]]:
+        """Score one chunk and commit its rows; yields (pairs' worth of progress, tokens) per batch."""
+        from recycled_datasets.scoring.engine import batch_tokens_for, make_batches, score_batches
+        from recycled_datasets.scoring.plan import Planner
+
+        planner = Planner(self.tokenizer, self.template, self.config.max_length, self.scoring)
+        plans = planner.plan(part)
+        losses = self.store.load_sequences(index)
+        todo = [job for key, job in planner.jobs.items() if key not in losses]
+        batches = make_batches(todo, batch_tokens_for(self.device, self.config.batch_tokens))
+        per_job = len(part) / max(len(todo), 1)
+        if batches:
+            if self.model is None:
+                self.model = load_model(self.student, dtype=self.dtype, device=self.device)
+            writer = self.store.sequences(index, self.config.flush_seconds)
+            for batch, values in score_batches(self.model, batches, device=self.device, pad_id=self.pad_id):
+                keys = [j.key for j in batch]
+                writer.add(keys, values)
+                losses.update(zip(keys, values, strict=True))
+                yield len(batch) * per_job, sum(len(j.ids) for j in batch)
+            writer.flush()
+        else:
+            yield float(len(part)), 0
+        self.store.save_result(index, digest, _assemble(plans, losses))
 
 
 def _assemble(plans: list, losses: dict[str, float]) -> pl.DataFrame:

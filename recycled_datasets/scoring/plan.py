@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,7 @@ class PairPlan:
 def _job_key(ids: Sequence[int], start: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(start.to_bytes(4, "little"))
-    h.update(b"".join(i.to_bytes(4, "little") for i in ids))
+    h.update(array("i", ids).tobytes())  # 4 bytes per id, little-endian on every platform torch supports
     return h.hexdigest()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from recycled_datasets.errors import ConfigError
 from recycled_datasets.models import StudentSpec
-from recycled_datasets.scoring import ScoreConfig
+from recycled_datasets.scoring import ScoreConfig, dist_info
 from recycled_datasets.selection import SelectionConfig, SelectionReport
 from recycled_datasets.stages.base import Stage, StageStats
 from recycled_datasets.stages.reflect import PromptFiles, ReflectStage
@@ -120,6 +120,9 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
     """Run the stages in a row; each one reuses what the workdir already holds for the same inputs.
 
     ``until`` stops after that stage (``reflect``: the teacher's part only; ``score``: no selection).
+
+    Under ``torchrun`` every rank scores its share and only rank 0 selects and releases (the other ranks stop
+    after the score stage); the teacher pass must be finished before (``--until reflect`` in one process).
     """
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"until must be one of {', '.join(STAGE_NAMES)}, not {until!r}")
@@ -129,10 +132,16 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
     logger.info("%d source rows from %s", len(info.rows), info.name)
     seconds = {"source": round(time.monotonic() - start, 3)}
     stats: dict[str, StageStats] = {}
+    dist = dist_info()
     for stage in stages_of(config, info):
+        if dist.world > 1 and stage.name == "reflect" and not stage.done():
+            raise ConfigError(
+                f"under torchrun the ranks only score: the teacher pass of {config.workdir} is not finished; run "
+                "the same build with --until reflect in one process first"
+            )
         stats[stage.name] = stage.run()
         seconds[stage.name] = stats[stage.name].seconds
-        if stage.name == until:
+        if stage.name == until or (stage.name == "score" and not dist.main):
             break
     dataset = stats["release"].detail["root"] if "release" in stats else None
     return BuildResult(Path(config.workdir), config.student.key, len(info.rows), info.skipped, stats, dataset, seconds)

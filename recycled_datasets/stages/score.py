@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.chat import contexts_of
-from recycled_datasets.errors import ConfigError, StoreError
 from recycled_datasets.models import StudentSpec
 from recycled_datasets.records import SCORE_COLUMNS, VARIANTS, Pair
 from recycled_datasets.scoring import ScoreConfig
@@ -83,8 +82,8 @@ class ScoreStage(Stage):
         spec: the student.
         settings: the scoring settings (template, dtype, batch, max length, device).
 
-    A distributed run (``torchrun``) gives each rank its share of the batches: the scorer reads its rank and
-    world size from torchrun's environment; rank 0 merges and writes (``srecycle score`` is that entry point).
+    A distributed run (``torchrun ... srecycle build`` or ``score``) gives each rank its share of the chunks: the
+    scorer reads its rank and world size from torchrun's environment; rank 0 merges and writes.
     """
 
     name = "score"
@@ -133,19 +132,13 @@ class ScoreStage(Stage):
             scoring=record["scoring"],
             cache_dir=parts,
         )
-        try:
-            scored = score_pairs(pairs, self.spec, config)
-        except StoreError:
-            logger.info("%s: checkpoints in %s belong to another setup; starting over", key, parts)
-            shutil.rmtree(parts)
-            scored = score_pairs(pairs, self.spec, config)
-        if scored is None:  # a non-main rank of a distributed run
-            raise ConfigError(
-                "srecycle build runs in one process; run srecycle score under torchrun for several ranks"
-            )
+        scored = score_pairs(pairs, self.spec, config, discard_other=True)  # the stage owns its parts folder
+        if scored is None:  # another rank of a distributed run: rank 0 writes the scores
+            return StageStats(self.name, rows=len(pairs), made=len(pairs))
         frame = pl.concat(
             [pl.DataFrame({"id": ids, "variant": variants}, schema={"id": pl.String, "variant": pl.String}), scored],
             how="horizontal",
         ).select("id", "variant", *SCORE_COLUMNS)
         write_scores(self.workdir, key, frame, meta)
+        shutil.rmtree(parts, ignore_errors=True)  # the checkpoints are in scores.parquet now
         return StageStats(self.name, rows=len(pairs), made=len(pairs))
