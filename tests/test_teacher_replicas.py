@@ -1,15 +1,83 @@
-"""Several teacher replicas (``--teacher http://a,http://b``): one that dies is set aside, the others go on."""
+"""Several teacher replicas (``--teacher http://a,http://b``): one that dies is set aside, the others go on.
+
+The end-to-end tests run the reflect stage (``reflect_rows``, what ``srecycle reflect`` and ``build`` run) over
+two ``teacher_server.TeacherServer`` on 127.0.0.1, one of which dies: it crashes mid-run (its open connections
+are dropped, then new ones refused) or hangs on every answer from the start. The run must finish on the other
+with few attempts on the dead one, well within the timeouts it would otherwise wait through.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from pathlib import Path
 
 import pytest
+from teacher_server import Faults, TeacherServer, realistic_reply, reflect_config
 
 from recycled_datasets.errors import TeacherError
+from recycled_datasets.records import assign_ids
+from recycled_datasets.teacher import reflect_rows
 from recycled_datasets.teacher.replicas import Cooldown, Replicas
+
+ROWS = assign_ids([(f"Give {i} tips for staying healthy.", "", f"Tip {i}: eat well, sleep, move.") for i in range(24)])
+WINDOW = 4  # requests in flight per replica (--concurrency)
+
+
+def _crash_after(answers: int) -> tuple[Faults, list[TeacherServer]]:
+    """Faults of a server that crashes once it has given ``answers`` answers: every request on a connection
+    still open is dropped, and its listening socket closes (new connections are refused)."""
+    faults = Faults(latency=0.02)
+    victim: list[TeacherServer] = []
+    given = itertools.count(1)
+
+    def reply(text: str, temperature: float) -> str:
+        if next(given) == answers:
+            faults.p_drop = 1.0
+            victim[0].stop()  # from this handler's thread: the serving thread is another one
+        return realistic_reply(text, temperature)
+
+    faults.reply = reply
+    return faults, victim
+
+
+@pytest.mark.parametrize("death", ["crashes", "hangs"])
+def test_a_dead_replica_is_set_aside_and_the_run_finishes_on_the_other(death: str, tmp_path: Path, caplog):
+    """Issue 22: a replica that refuses, resets or times out stops being chosen; the run does not wait on it."""
+    timeout = 0.5
+    if death == "crashes":
+        faults, victim = _crash_after(4)
+    else:
+        faults, victim = Faults(p_hang=1.0, hang=2.0), []
+    dead = TeacherServer(faults=faults, max_requests=400).start()
+    victim.append(dead)
+    dead_url = dead.url  # while it listens
+    try:
+        with TeacherServer(faults=Faults(latency=0.15), max_requests=400) as alive:
+            config = reflect_config(f"{dead_url},{alive.url}", tmp_path / "store", concurrency=WINDOW, timeout=timeout)
+            started = time.monotonic()
+            with caplog.at_level(logging.INFO, logger="recycled_datasets"):
+                result = reflect_rows(ROWS, config)
+            wall = time.monotonic() - started
+    finally:
+        dead.stop()
+    statuses = {s for v in ("ins", "res", "both") for s in result.table[f"{v}_status"].to_list()}
+    assert statuses == {"ok"}, statuses
+    # The live replica never fails: every failed attempt was one on the dead replica. At most the attempts under
+    # way when it died, and the few that make three failures in a row among their late answers; a run that
+    # keeps choosing it fails an attempt on it every few requests, to the end (or runs out of retries).
+    failed = sum(result.stats.retry_reasons.values())
+    assert failed <= 2 * WINDOW + 3, (
+        f"{failed} attempts failed on the dead replica ({dict(result.stats.retry_reasons)}) in {wall:.1f} s: "
+        "it kept being chosen"
+    )
+    # Nothing waited for the dead replica to come back (30 s), nor through a retry budget.
+    assert wall < 15, f"the run took {wall:.1f} s: it waited on the dead replica"
+    aside = [r for r in caplog.records if r.levelno == logging.WARNING and "set aside" in r.getMessage()]
+    assert len(aside) == 1 and dead_url in aside[0].getMessage(), [r.getMessage() for r in aside]
+
 
 # ---- the replica chooser alone, on a clock of the test's own ------------------------------------------------------
 
