@@ -5,7 +5,8 @@ A teacher is one or more base URLs as that client accepts them: ``http://host:80
 slot tokens, one per request the servers accept at once, taken before a request and returned the moment it
 ends, so the servers stay busy however long each generation takes. The window is sized per server from TGI's
 ``/info`` (``max_concurrent_requests``) when the server has it, else from ``--concurrency``; URLs share the
-load through the same pool. Tokens, connection pools and the reading of failures are in ``transport``.
+load through the same pool, and one that keeps failing is set aside for a cool-down while the others go on
+(``replicas``). Tokens, connection pools and the reading of failures are in ``transport``.
 
 Overload answers (429, 5xx), timeouts, dropped connections and garbled bodies are retried with jittered
 exponential backoff up to a bound. A request the server refuses for good (422, 400, 413) is not retried:
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import logging
 import random
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import ConfigError, Rejected, TeacherError
 from recycled_datasets.teacher.base import CallStats, Reply, ServerLimits, Teacher, apply_chat_template, chat_messages
+from recycled_datasets.teacher.replicas import Cooldown, Replicas
 from recycled_datasets.teacher.transport import (
     APIS,
     DEFAULT_CONCURRENCY,
@@ -99,6 +100,7 @@ class HttpTeacher(Teacher):
         timeout: float = DEFAULT_TIMEOUT,
         health_timeout: float = 300.0,
         retry: RetryPolicy | None = None,
+        cooldown: Cooldown | None = None,
         teacher_name: str | None = None,
         tokenizer: Any = None,
         token: str | None = None,
@@ -116,6 +118,7 @@ class HttpTeacher(Teacher):
         self.timeout = timeout
         self.health_timeout = health_timeout
         self.retry = retry or RetryPolicy()
+        self.cooldown = cooldown or Cooldown()
         self.tokenizer = tokenizer
         # With the generate api: send each prompt as given (a model's own prompt format), no chat template.
         self.raw_prompts = raw_prompts
@@ -126,7 +129,7 @@ class HttpTeacher(Teacher):
         self._named = teacher_name is not None
         self._endpoints = [_Endpoint(url, teacher_token(url, token), basic) for url, basic in plain]
         self._served: ServedModel | None = None  # the names replies may give the model (see transport.send)
-        self._slots: asyncio.Queue[int] | None = None
+        self._replicas: Replicas | None = None  # the request window, once started
         self._rng = random.Random(seed)
         self._remembered: dict[str, Any] | None = None
         self._start_lock = asyncio.Lock()
@@ -165,7 +168,7 @@ class HttpTeacher(Teacher):
 
     async def _start_deferred(self) -> None:
         async with self._start_lock:
-            if self._slots is not None:
+            if self._replicas is not None:
                 return
             remembered = self._remembered or {}
             logger.info("teacher %s: a request is not in the store; contacting the server", self.urls[0])
@@ -226,8 +229,7 @@ class HttpTeacher(Teacher):
         self.teacher_revision = str(self._endpoints[0].info.get("model_sha") or "")
         self.limits = self._limits()
 
-        per_server: list[list[int]] = []
-        for index, ep in enumerate(self._endpoints):
+        for ep in self._endpoints:
             announced = ep.info.get("max_concurrent_requests")
             if isinstance(announced, int) and announced > 0:
                 ep.window = min(announced, self.concurrency) if self.concurrency else announced
@@ -239,7 +241,6 @@ class HttpTeacher(Teacher):
             limits = httpx2.Limits(max_connections=ep.window + 2, max_keepalive_connections=ep.window + 2)
             ep.http = _connection_pool(ep.token, ep.basic, limits=limits)
             ep.client = _inference_client(ep.url, ep.http, timeout=self.timeout)
-            per_server.append([index] * ep.window)
             logger.info(
                 "teacher %s: model %s, window %d%s",
                 ep.url,
@@ -247,12 +248,8 @@ class HttpTeacher(Teacher):
                 ep.window,
                 " (from /info)" if isinstance(announced, int) else "",
             )
-        # Interleave the servers' slots so that free capacity is handed out round-robin.
-        slots = [slot for group in itertools.zip_longest(*per_server) for slot in group if slot is not None]
-        self._slots = asyncio.Queue()
-        for slot in slots:
-            self._slots.put_nowait(slot)
-        self.window = len(slots)
+        self._replicas = Replicas(self.urls, [ep.window for ep in self._endpoints], self.cooldown)
+        self.window = self._replicas.window
 
     def _reported_names(self) -> set[str]:
         names = set()
@@ -364,20 +361,22 @@ class HttpTeacher(Teacher):
 
     async def complete(self, payload: dict[str, Any], stats: CallStats) -> Reply:
         """Send one request through the window, retrying what a retry can fix; see the module doc."""
-        if self._slots is None and self._remembered is not None:
+        if self._replicas is None and self._remembered is not None:
             await self._start_deferred()
-        if self._slots is None:
+        if self._replicas is None:
             raise RuntimeError("HttpTeacher.begin() was not awaited")
+        replicas = self._replicas
         attempt = 0
         first = time.monotonic()
         while True:
-            slot = await self._slots.get()
+            slot, probe = await replicas.take(first + self.retry.max_seconds)
             endpoint = self._endpoints[slot]
             try:
                 stats.sent += 1
                 reply = await send_within(
                     endpoint.client, payload, model=self.teacher_id, served=self._served, timeout=self.timeout
                 )
+                replicas.answered(slot, probe)
                 stats.prompt_tokens += reply.prompt_tokens or 0
                 stats.completion_tokens += reply.completion_tokens or 0
                 _check_budget(reply, payload)
@@ -388,17 +387,21 @@ class HttpTeacher(Teacher):
                 try:
                     failure = classify(e, url=endpoint.url, token=endpoint.token, timeout=self.timeout)
                 except Rejected:
+                    replicas.answered(slot, probe)  # a refusal for good is an answer: the server is up
                     stats.rejected += 1
                     raise
+                reason = _short(failure.reason, secrets=(endpoint.token,))
+                replicas.failed(slot, reason, probe)
             finally:
-                self._slots.put_nowait(slot)
-            reason = _short(failure.reason, secrets=(endpoint.token,))
+                replicas.release(slot, probe)
             wait = self.retry.delay(attempt, failure.retry_after, self._rng)
             spent = time.monotonic() - first
             if attempt >= self.retry.max_retries or spent + wait > self.retry.max_seconds:
+                aside = replicas.aside()
                 raise TeacherError(
-                    f"a teacher request still failed after {attempt + 1} attempts in {spent:.0f} s (last: {reason}); "
-                    "every answer received so far is stored, so a rerun continues from there"
+                    f"a teacher request still failed after {attempt + 1} attempts in {spent:.0f} s (last: {reason})"
+                    f"{'; ' + aside if aside else ''}; every answer received so far is stored, so a rerun "
+                    "continues from there"
                 )
             stats.retries += 1
             stats.retry_reasons[failure.kind] += 1

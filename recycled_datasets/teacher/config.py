@@ -16,6 +16,7 @@ from recycled_datasets.teacher.base import StoreOnlyTeacher, Teacher
 from recycled_datasets.teacher.client import HttpTeacher
 from recycled_datasets.teacher.gates import GateConfig
 from recycled_datasets.teacher.local import LocalTeacher, local_model_key
+from recycled_datasets.teacher.replicas import DEFAULT_COOLDOWN, Cooldown
 from recycled_datasets.teacher.transport import (
     APIS,
     DEFAULT_MAX_RETRY_SECONDS,
@@ -86,6 +87,8 @@ class ReflectConfig:
         max_retries: retries per request for 429, 5xx, timeouts and dropped connections.
         max_retry_seconds: the most one request may take, attempts and waits together (default 1800).
         backoff_base / backoff_max: the retry delay is ``backoff_base * 2**attempt`` (jittered), capped.
+        replica_cooldown: with several teacher URLs, seconds a replica that keeps failing is set aside before one
+            request probes it (doubling while it keeps failing, up to 10 minutes); see ``teacher/replicas.py``.
         durable: fsync every committed answer (survives power loss, not only a killed process).
         retry_rejected: resend requests the server refused before (after raising its limits).
         progress: show a progress bar (still off when not on a terminal or with ``--quiet``).
@@ -115,6 +118,7 @@ class ReflectConfig:
     max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    replica_cooldown: float = DEFAULT_COOLDOWN
     durable: bool = True
     retry_rejected: bool = False
     progress: bool = True
@@ -137,8 +141,8 @@ class ReflectConfig:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.temperature < 0 or self.retry_temperature < 0:
             raise ConfigError("temperatures must be >= 0 (0 is greedy decoding)")
-        if self.timeout <= 0 or self.health_timeout <= 0 or self.max_retry_seconds <= 0:
-            raise ConfigError("timeouts must be positive numbers of seconds")
+        if min(self.timeout, self.health_timeout, self.max_retry_seconds, self.replica_cooldown) <= 0:
+            raise ConfigError("timeouts and the replica cool-down must be positive numbers of seconds")
         if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_max < 0:
             raise ConfigError("max_retries and the backoff delays must be >= 0")
 
@@ -172,6 +176,7 @@ def make_teacher(config: ReflectConfig, *, health_timeout: float | None = None) 
                 cap=config.backoff_max,
                 max_seconds=config.max_retry_seconds,
             ),
+            cooldown=Cooldown(seconds=config.replica_cooldown),
             teacher_name=config.teacher_name,
             tokenizer=tokenizer,
             seed=config.seed,
