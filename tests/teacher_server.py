@@ -164,8 +164,10 @@ class TeacherServer:
         faults: Faults | None = None,
         unhealthy_for: float = 0.0,
         max_requests: int = 5000,
+        port: int = 0,
     ):
         self.model = model
+        self.port = port  # 0: any free one
         self.tgi = tgi
         self.health = health
         self.max_concurrent_requests = max_concurrent_requests
@@ -192,7 +194,7 @@ class TeacherServer:
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> TeacherServer:
-        server = _Server(("127.0.0.1", 0), _handler_for(self))
+        server = _Server(("127.0.0.1", self.port), _handler_for(self))
         self._server = server
         self._started_at = time.monotonic()
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

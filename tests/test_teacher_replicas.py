@@ -2,8 +2,9 @@
 
 The end-to-end tests run the reflect stage (``reflect_rows``, what ``srecycle reflect`` and ``build`` run) over
 two ``teacher_server.TeacherServer`` on 127.0.0.1, one of which dies: it crashes mid-run (its open connections
-are dropped, then new ones refused) or hangs on every answer from the start. The run must finish on the other
-with few attempts on the dead one, well within the timeouts it would otherwise wait through.
+are dropped, then new ones refused), hangs on every answer from the start, or was never started (a closed port).
+The run must finish on the other with few attempts on the dead one, well within the timeouts it would otherwise
+wait through. A replica that comes up late serving another model is never sent a request.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from teacher_server import Faults, TeacherServer, realistic_reply, reflect_confi
 from recycled_datasets.errors import TeacherError
 from recycled_datasets.records import assign_ids
 from recycled_datasets.teacher import reflect_rows
+from recycled_datasets.teacher.base import CallStats
+from recycled_datasets.teacher.client import HttpTeacher, RetryPolicy
 from recycled_datasets.teacher.replicas import Cooldown, Replicas
 
 ROWS = assign_ids([(f"Give {i} tips for staying healthy.", "", f"Tip {i}: eat well, sleep, move.") for i in range(24)])
@@ -77,6 +81,96 @@ def test_a_dead_replica_is_set_aside_and_the_run_finishes_on_the_other(death: st
     assert wall < 15, f"the run took {wall:.1f} s: it waited on the dead replica"
     aside = [r for r in caplog.records if r.levelno == logging.WARNING and "set aside" in r.getMessage()]
     assert len(aside) == 1 and dead_url in aside[0].getMessage(), [r.getMessage() for r in aside]
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed): connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_replica_down_at_the_start_is_set_aside_and_the_run_goes_on_with_the_other(tmp_path: Path, caplog):
+    """One replica never started: the run does not wait --wait-ready for it, it finishes on the other."""
+    down = f"http://127.0.0.1:{_closed_port()}"
+    with TeacherServer(faults=Faults(latency=0.02), max_requests=400) as alive:
+        config = reflect_config(f"{down},{alive.url}", tmp_path / "store", concurrency=WINDOW, health_timeout=60.0)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="recycled_datasets"):
+            result = reflect_rows(ROWS, config)
+        wall = time.monotonic() - started
+        assert alive.generation_requests() == 3 * len(ROWS)
+    statuses = {s for v in ("ins", "res", "both") for s in result.table[f"{v}_status"].to_list()}
+    assert statuses == {"ok"}, statuses
+    assert wall < 15, f"the run took {wall:.1f} s: it waited for the replica that is down"
+    aside = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and down in r.getMessage()]
+    assert len(aside) == 1 and "not ready" in aside[0] and "set aside" in aside[0], aside
+
+
+def test_when_no_replica_is_ready_the_error_names_each_and_why(tmp_path: Path):
+    down = [f"http://127.0.0.1:{_closed_port()}" for _ in range(2)]
+    config = reflect_config(",".join(down), tmp_path / "store", health_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(TeacherError) as error:
+        reflect_rows(ROWS[:2], config)
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "no teacher replica is ready after 1 s" in message, message
+    assert all(url in message for url in down) and "ConnectError" in message, message
+
+
+@pytest.mark.parametrize(
+    ("api", "model"),
+    [("chat", "fixture/other-model-13b"), ("generate", "fixture/other-model-13b"), ("generate", "fixture/teacher-7b")],
+)
+def test_a_replica_that_comes_up_late_takes_requests_only_if_it_serves_the_same_model(api: str, model: str):
+    """Down at the start, it comes up later: its probe reads the model it serves first. Another model stops the
+    run before anything is sent to it, so no answer of that model is ever stored under this teacher's name (the
+    generate route's replies name no model); the same model takes requests like the other replica."""
+    port = _closed_port()
+    late_url = f"http://127.0.0.1:{port}"
+    late = TeacherServer(model=model, port=port)
+
+    async def run() -> TeacherError | None:
+        teacher = HttpTeacher(
+            [late_url, alive.url],
+            api=api,
+            raw_prompts=True,
+            concurrency=2,
+            timeout=5.0,
+            health_timeout=10.0,
+            retry=RetryPolicy(base=0.005, cap=0.05, max_seconds=10.0),
+            cooldown=Cooldown(seconds=0.2),
+        )
+        try:
+            await teacher.start()
+            assert teacher.teacher_id == "fixture/teacher-7b"
+            late.start()
+            payload = teacher.prepare("Give 3 tips for staying healthy.", max_new_tokens=50, temperature=0.0, seed=0)
+            for _ in range(300):  # about 6 s at most; the probe is due after 0.2 s
+                try:
+                    await teacher.complete(payload, CallStats())
+                except TeacherError as error:
+                    return error
+                if late.generation_requests() >= 3:
+                    return None
+                await asyncio.sleep(0.01)
+            raise AssertionError("the late replica was never probed")
+        finally:
+            await teacher.close()
+
+    with TeacherServer(faults=Faults(latency=0.01), max_requests=1000) as alive:
+        try:
+            error = asyncio.run(run())
+        finally:
+            late.stop()
+        assert alive.generation_requests() > 0
+    if model == "fixture/teacher-7b":
+        assert error is None and late.generation_requests() >= 3
+        return
+    assert late.generation_requests() == 0, late.events
+    message = str(error)
+    assert late_url in message and model in message and "fixture/teacher-7b" in message, message
 
 
 # ---- the replica chooser alone, on a clock of the test's own ------------------------------------------------------

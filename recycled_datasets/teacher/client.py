@@ -6,7 +6,9 @@ slot tokens, one per request the servers accept at once, taken before a request 
 ends, so the servers stay busy however long each generation takes. The window is sized per server from TGI's
 ``/info`` (``max_concurrent_requests``) when the server has it, else from ``--concurrency``; URLs share the
 load through the same pool, and one that keeps failing is set aside for a cool-down while the others go on
-(``replicas``). Tokens, connection pools and the reading of failures are in ``transport``.
+(``replicas``). At the start one ready replica is enough: the others begin set aside, and a replica coming
+back from being set aside must report this teacher's model before its probe is sent. Tokens, connection pools
+and the reading of failures are in ``transport``.
 
 Overload answers (429, 5xx), timeouts, dropped connections and garbled bodies are retried with jittered
 exponential backoff up to a bound. A request the server refuses for good (422, 400, 413) is not retried:
@@ -34,6 +36,7 @@ from recycled_datasets.teacher.transport import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RETRY_SECONDS,
     DEFAULT_TIMEOUT,
+    NotReady,
     RetryPolicy,
     ServedModel,
     _check_budget,
@@ -54,6 +57,9 @@ if TYPE_CHECKING:
     from recycled_datasets.teacher.store import AnswerStore
 
 logger = logging.getLogger(__name__)
+
+# Once one replica is ready, how much longer the others have to get ready before they start set aside.
+READY_GRACE = 2.0
 
 # Names other modules and tests reach through this module.
 __all__ = [
@@ -197,7 +203,8 @@ class HttpTeacher(Teacher):
             self.tokenizer = await asyncio.to_thread(load_teacher_tokenizer, self.teacher_id)
 
     async def start(self) -> None:
-        """Wait for every server's health, read its limits and model name, and open the request window.
+        """Wait for the servers' health (one is enough, see :meth:`_wait_ready`), read their limits and model
+        name, and open the request window.
 
         On failure the connection pools opened so far are closed before the error propagates.
         """
@@ -212,21 +219,13 @@ class HttpTeacher(Teacher):
 
         for ep in self._endpoints:
             ep.http = _connection_pool(ep.token, ep.basic)
-        options = {"timeout": self.timeout}
-        await asyncio.gather(
-            *(wait_healthy(ep.http, ep.url, health_timeout=self.health_timeout, **options) for ep in self._endpoints)
-        )
-        for ep, (info, models) in zip(
-            self._endpoints,
-            await asyncio.gather(*(read_info(ep.http, ep.url, **options) for ep in self._endpoints)),
-            strict=True,
-        ):
-            ep.info, ep.models = info, models
+        aside = await self._wait_ready()
         self._name_model()
         reported = {str(n) for n in self._reported_names()}
         # A reply may name the model as it was asked for or as the server reported it; any other name is a switch.
         self._served = ServedModel([*sorted(reported - {self.teacher_id}), self.teacher_id])
-        self.teacher_revision = str(self._endpoints[0].info.get("model_sha") or "")
+        first = next(ep for i, ep in enumerate(self._endpoints) if i not in aside)
+        self.teacher_revision = str(first.info.get("model_sha") or "")
         self.limits = self._limits()
 
         for ep in self._endpoints:
@@ -249,15 +248,87 @@ class HttpTeacher(Teacher):
                 " (from /info)" if isinstance(announced, int) else "",
             )
         self._replicas = Replicas(self.urls, [ep.window for ep in self._endpoints], self.cooldown)
+        for index, reason in aside.items():
+            self._replicas.set_aside(index, reason)
         self.window = self._replicas.window
 
+    async def _wait_ready(self) -> dict[int, str]:
+        """Wait for the servers' health and read their ``/info`` and ``/v1/models``; the replicas not ready, each
+        with why. Once one is ready the others have ``READY_GRACE`` seconds more; with none ready it waits up to
+        ``health_timeout`` for the first, then fails naming each replica and why. A wrong token or a redirect
+        loop on any of them fails at once."""
+        single = len(self._endpoints) == 1
+        seen: dict[str, str] = {}  # the latest failure of each replica not ready yet
+
+        async def ready(ep: _Endpoint) -> None:
+            await wait_healthy(
+                ep.http, ep.url, health_timeout=self.health_timeout, timeout=self.timeout, warn=single, seen=seen
+            )
+            ep.info, ep.models = await read_info(ep.http, ep.url, timeout=self.timeout)
+
+        tasks = {asyncio.ensure_future(ready(ep)): index for index, ep in enumerate(self._endpoints)}
+        pending, up = set(tasks), 0
+        loop = asyncio.get_running_loop()
+        grace_end = 0.0
+        # Until one is ready: the whole wait (said once, after a moment); then the others' grace.
+        timeout: float | None = None if single else READY_GRACE
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        up += 1
+                    elif single or not isinstance(error, NotReady):
+                        raise error
+                if up:
+                    grace_end = grace_end or loop.time() + READY_GRACE
+                    timeout = max(0.0, grace_end - loop.time())
+                    if not done:
+                        break
+                elif not done:
+                    timeout = None
+                    logger.warning(
+                        "no teacher replica answers yet (%s); waiting up to %.0f s for the first "
+                        "(reflect --wait-ready SECONDS)",
+                        "; ".join(f"{url}: {why}" for url, why in seen.items()),
+                        self.health_timeout,
+                    )
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        aside = {
+            index: seen.get(self.urls[index], "no answer yet")
+            for task, index in tasks.items()
+            if task.cancelled() or task.exception() is not None
+        }
+        if not up:
+            raise TeacherError(
+                f"no teacher replica is ready after {self.health_timeout:.0f} s: "
+                + "; ".join(f"{self.urls[index]} (last: {why})" for index, why in aside.items())
+                + "; check that the servers are running and the URLs are right"
+            )
+        return aside
+
+    @staticmethod
+    def _reported_name(info: dict[str, Any], models: list[dict[str, Any]]) -> str | None:
+        name = info.get("model_id") or (models[0].get("id") if models else None)
+        return name if name and isinstance(name, str) else None
+
     def _reported_names(self) -> set[str]:
-        names = set()
-        for ep in self._endpoints:
-            name = ep.info.get("model_id") or (ep.models[0].get("id") if ep.models else None)
-            if name and isinstance(name, str):
-                names.add(name)
-        return names
+        return {name for ep in self._endpoints if (name := self._reported_name(ep.info, ep.models))}
+
+    async def _check_model(self, ep: _Endpoint) -> None:
+        """Before the probe of a replica set aside (down at the start, or failing since): the model it reports now
+        must be this teacher's, or none of its answers may be taken."""
+        name = self._reported_name(*await read_info(ep.http, ep.url, timeout=self.timeout))
+        if name is not None and self._served is not None and name not in self._served.names:
+            raise TeacherError(
+                f"teacher {ep.url} is back but serves {name}, not {self.teacher_id} as the other replicas; "
+                f"nothing was sent to it; every answer of {self.teacher_id} so far is stored, so a rerun continues "
+                f"from there (serve {self.teacher_id} at that URL, or leave it out of --teacher)"
+            )
 
     def _name_model(self) -> None:
         """The model name the servers report, unless the user named it; they must all serve the same one."""
@@ -372,6 +443,8 @@ class HttpTeacher(Teacher):
             slot, probe = await replicas.take(first + self.retry.max_seconds)
             endpoint = self._endpoints[slot]
             try:
+                if probe:
+                    await self._check_model(endpoint)
                 stats.sent += 1
                 reply = await send_within(
                     endpoint.client, payload, model=self.teacher_id, served=self._served, timeout=self.timeout

@@ -13,6 +13,8 @@ with all its tokens; a failure sets it aside again for twice as long, up to ``ca
 counts while it is set aside: the late answers and failures of attempts sent before it was set aside neither
 bring it back nor lengthen its cool-down.
 
+A replica not ready at the start (the others are) begins set aside, as if it had just failed.
+
 When every replica is set aside, an attempt waits for the earliest to come back, but never past the deadline it
 is given (its request's retry budget): then it fails with every replica named, and why it was set aside.
 
@@ -173,6 +175,19 @@ class Replicas:
                 reason,
                 seconds,
             )
+
+    def set_aside(self, index: int, reason: str) -> None:
+        """Set the replica aside from the start (it was not ready): probed, like any other, after a cool-down."""
+        replica = self._replicas[index]
+        replica.times, replica.strikes = 1, self.cooldown.strikes
+        seconds = self.cooldown.length(1)
+        replica.until, replica.reason = self.clock() + seconds, reason
+        logger.warning(
+            "teacher %s is not ready (%s); set aside for %.0f s while the other replicas take its requests",
+            replica.url,
+            reason,
+            seconds,
+        )
 
     def release(self, index: int, probe: bool) -> None:
         """Give back the token of an attempt that ended (after :meth:`answered` or :meth:`failed`, if either)."""

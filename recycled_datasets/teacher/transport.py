@@ -252,8 +252,22 @@ async def _get(http: Any, url: str, timeout: float) -> Any:
         raise httpx2.ReadTimeout(f"no answer within {limit:g} s") from e
 
 
-async def wait_healthy(http: Any, url: str, *, health_timeout: float, timeout: float) -> None:
-    """Wait until the server at ``url`` answers ``/health`` (or, without one, ``/v1/models``) with 200."""
+class NotReady(TeacherError):
+    """A teacher server did not answer its health check within the wait (``--wait-ready``)."""
+
+
+async def wait_healthy(
+    http: Any,
+    url: str,
+    *,
+    health_timeout: float,
+    timeout: float,
+    warn: bool = True,
+    seen: dict[str, str] | None = None,
+) -> None:
+    """Wait until the server at ``url`` answers ``/health`` (or, without one, ``/v1/models``) with 200; raise
+    :class:`NotReady` after ``health_timeout`` seconds. ``warn``: say once, as a warning, that it waits (else at
+    info level); ``seen``: where its latest failure is kept, under ``url``, while it waits."""
     import httpx2
 
     deadline = time.monotonic() + health_timeout
@@ -281,12 +295,14 @@ async def wait_healthy(http: Any, url: str, *, health_timeout: float, timeout: f
             raise TeacherError(f"teacher {url} redirects in a loop ({e}); check the URL") from e
         except httpx2.DecodingError as e:
             last = f"an unreadable answer ({e})"
+        if seen is not None:
+            seen[url] = last
         if time.monotonic() + delay > deadline:
-            raise TeacherError(
+            raise NotReady(
                 f"teacher {url} is not ready after {health_timeout:.0f} s (last: {last}); "
                 "check that the server is running and the URL is right"
             )
-        if delay == 0.25:  # once, as a warning: --quiet still says why nothing happens, and for how long at most
+        if delay == 0.25 and warn:  # once, as a warning: --quiet still says why, and for how long at most
             logger.warning(
                 "teacher %s does not answer yet (%s); waiting up to %.0f s for it (reflect --wait-ready SECONDS)",
                 url,
