@@ -207,7 +207,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
 def scorer_figures(args: argparse.Namespace) -> dict[str, Any]:
     torch, device, spec, pairs, model, tokenizer, config, sync = _setup(args)
     from recycled_datasets.models import load_model
-    from recycled_datasets.scoring import score_pairs
+    from recycled_datasets.scoring import score_pairs, scoring_of
     from recycled_datasets.scoring.engine import batch_tensors, batch_tokens_for, forward_hidden, make_batches
     from recycled_datasets.scoring.naive import naive_losses
     from recycled_datasets.scoring.plan import Planner
@@ -215,6 +215,7 @@ def scorer_figures(args: argparse.Namespace) -> dict[str, Any]:
     naive_model = None if args.no_naive else load_model(spec, dtype="float32", device=device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     budget = batch_tokens_for(device, args.batch_tokens)
+    scoring = scoring_of(config, spec, spec.template, pairs)  # the scorer's token layout, for every side
     seconds = {"ceiling": 0.0, "scorer": 0.0, "naive": 0.0}
     cpu = dict.fromkeys(seconds, 0.0)  # CPU seconds: steadier than wall time when others share the cores
     losses: dict[str, float] = {}
@@ -230,14 +231,14 @@ def scorer_figures(args: argparse.Namespace) -> dict[str, Any]:
         frames.append(score_pairs(part, spec, config))
 
     def naive(part: list) -> None:
-        naive_planner = Planner(tokenizer, spec.template, args.max_length)  # the naive side plans too
+        naive_planner = Planner(tokenizer, spec.template, args.max_length, scoring)  # the naive side plans too
         naive_planner.plan(part)
         losses.update(naive_losses(naive_model, list(naive_planner.jobs.values()), device=device))
 
     for i, lo in enumerate(range(0, len(pairs), args.chunk)):
         part = pairs[lo : lo + args.chunk]
         # The ceiling's batches are the scorer's own: the same planner and batcher over the same chunk.
-        planner = Planner(tokenizer, spec.template, args.max_length)
+        planner = Planner(tokenizer, spec.template, args.max_length, scoring)
         plans.extend(planner.plan(part))
         jobs = list(planner.jobs.values())
         all_jobs.extend(jobs)
@@ -268,6 +269,7 @@ def scorer_figures(args: argparse.Namespace) -> dict[str, Any]:
         "student": spec.key,
         "dtype": args.dtype,
         "template": spec.template,
+        "scoring": scoring,
         "rows": n,
         "chunk_rows": args.chunk,
         "sequences": len(all_jobs),
