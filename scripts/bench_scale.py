@@ -219,10 +219,14 @@ def measured(command: list[str], log: Path, timeout: float) -> dict[str, float]:
         )
     try:
         code = child.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)  # the wrapper and the command: their own session
+    except BaseException as e:  # a timeout or Ctrl-C: the command has its own session, so it is ended here
+        os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
-        raise SystemExit(f"timed out after {timeout:.0f} s: {' '.join(command)}\n{log.read_text()[-2000:]}") from None
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise SystemExit(
+                f"timed out after {timeout:.0f} s: {' '.join(command)}\n{log.read_text()[-2000:]}"
+            ) from None
+        raise
     if code != 0:
         raise SystemExit(f"exit {code}: {' '.join(command)}\n{log.read_text()[-3000:]}")
     seconds, cpu, peak_kib = json.loads(usage.read_text())
@@ -371,7 +375,7 @@ def main() -> int:
     figures |= meter.stop()
     print_tables(per_n, growth)
     print()
-    for key in ("cpu_model", "cores", "load_before", "load_after", "other_busy_cores", "reflect_fallbacks"):
+    for key in ("rows", "cpu_model", "cores", "load_before", "load_after", "other_busy_cores", "reflect_fallbacks"):
         print(f"{key:<18} {figures[key]}")
     build = "srecycle build (all)"
     if len(sizes) < 2:
