@@ -53,6 +53,7 @@ lint: setup
 bench: setup
 	$(PY) scripts/bench_score.py
 	$(PY) scripts/bench_teacher.py
+	$(PY) scripts/bench_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,11 +6,10 @@ fast fake OpenAI-compatible teacher on 127.0.0.1 and makes two tiny random Llama
 a 2,048-token BPE vocabulary trained on the rows). Then, every command in its own process so that its peak
 RSS is its own (``os.wait4``):
 
-- each stage alone (reflect, score, select, release) on one workdir, through the stage code ``srecycle build``
-  runs (``--stage``, below), its seconds measured inside the stage;
-- the real ``srecycle build`` on a fresh workdir (all stages), then a second student on that workdir
-  (``srecycle build --student B``: score, select, release; no teacher), then ``srecycle push --to-dir``
-  (the release exported as a repo folder; nothing is pushed, the Hub is offline).
+- the real ``srecycle build`` on a fresh workdir (all stages), each stage's seconds and the process's peak RSS
+  when the stage ends recorded in that process (``--measure``, below);
+- a second student on that workdir (``srecycle build --student B``: score, select, release; no teacher);
+- ``srecycle push --to-dir`` (the release exported as a repo folder; nothing is pushed, the Hub is offline).
 
 It prints per N each step's seconds, ms per row and peak RSS, the growth from one N to the next (seconds per
 row and peak RSS at N over the previous N) and the headline: the whole build's seconds per row at the last N
@@ -20,6 +19,7 @@ printed before and after; the headline is withheld when the machine was not idle
     python scripts/bench_scale.py --sizes 1000,3000             # a quick look
     python scripts/bench_scale.py                               # 1000, 10000, 52000 rows (the issue's sizes)
     python scripts/bench_scale.py --sizes 1000,10000 --json scale.json
+    python scripts/bench_scale.py --no-second                   # the build only: half the time
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_cherry_5pct.
 TEACHER = "bench/fake-teacher"
 TARGET_GROWTH = 1.2  # whole build: seconds per row at the last N over the N before
 TARGET_PEAK_MB = 3000.0  # whole build: peak RSS at the last N (3 GB)
-STAGES = ("reflect", "score", "select", "release")
 PROMPT_RE = re.compile(r"\[Instruction\]\n(.*?)\n(?:\n\[Input\]\n.*?\n)?\n\[Answer\]\n(.*)\n\nWork through", re.S)
 
 
@@ -234,62 +232,71 @@ def measured(command: list[str], log: Path, timeout: float) -> dict[str, float]:
     return {"process_s": round(seconds, 3), "cpu_s": round(cpu, 2), "peak_mb": round(peak_kib * 1024 / 1e6, 1)}
 
 
-def stage_main(args: argparse.Namespace) -> int:
-    """``--stage NAME``: one stage of the build, alone in this process, as ``srecycle build`` configures it."""
-    from recycled_datasets.models import resolve_student
-    from recycled_datasets.progress import set_quiet, setup_logging
-    from recycled_datasets.scoring import ScoreConfig
-    from recycled_datasets.stages.build import BuildConfig, read_rows, stages_of
+def _peak_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6, 1)  # ru_maxrss: KiB on Linux
 
-    setup_logging(quiet=True)
-    set_quiet(True)
-    started = time.monotonic()
-    config = BuildConfig(
-        workdir=args.workdir, student=resolve_student(args.student, name=args.name, template="alpaca"),
-        source=args.source, teacher=args.teacher, scoring=ScoreConfig(dtype="float32"),
-    )  # fmt: skip
-    info = read_rows(config)
-    source_s = time.monotonic() - started
-    stage = next(s for s in stages_of(config, info) if s.name == args.stage)
-    start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
-    stats = stage.run()
-    result = {"stage_s": stats.seconds, "source_s": round(source_s, 3), "start_mb": round(start_mb, 1)}
-    result |= {"made": stats.made, "reused": stats.reused, "fallbacks": dict(stats.fallbacks)}
-    args.result.write_text(json.dumps(result))
+
+def measure_main(result: Path, argv: list[str]) -> int:
+    """``--measure RESULT ARGS...``: ``srecycle ARGS`` in this process, each stage's seconds and the process's
+    peak RSS when the stage ends (RSS only grows, so the stage during which it rose is the one that used it)."""
+    from recycled_datasets.cli import main as cli_main
+    from recycled_datasets.stages.base import Stage
+
+    records: dict[str, dict[str, Any]] = {}
+    real = Stage.run
+
+    def run(self: Stage) -> Any:
+        start_mb = _peak_mb()
+        stats = real(self)
+        records[self.name] = {
+            "stage_s": stats.seconds, "start_mb": start_mb, "peak_mb": _peak_mb(), "made": stats.made,
+            "reused": stats.reused, "fallbacks": dict(stats.fallbacks),
+        }  # fmt: skip
+        return stats
+
+    Stage.run = run  # type: ignore[method-assign]
+    try:
+        cli_main(argv)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+    result.write_text(json.dumps(records))
     return 0
 
 
-def run_size(n: int, base: list[dict[str, str]], students: list[Path], url: str, tmp: Path, timeout: float) -> dict:
+def run_size(
+    n: int, base: list[dict[str, str]], students: list[Path], url: str, tmp: Path, timeout: float, second: bool
+) -> dict:
     """Every measured step at N rows: {step: figures}."""
     folder = tmp / f"n{n}"
     folder.mkdir()
     source = folder / "rows.json"
     source.write_text(json.dumps(make_rows(base, n)))
     steps: dict[str, dict[str, Any]] = {}
-    me = [sys.executable, str(Path(__file__).resolve())]
-    common = ["--source", str(source), "--student", str(students[0]), "--name", "tiny-a", "--teacher", url]
-    for stage in STAGES:
-        result = folder / f"{stage}.json"
-        figures = measured([*me, "--stage", stage, "--workdir", str(folder / "staged"), "--result", str(result),
-                            *common], folder / f"{stage}.log", timeout)  # fmt: skip
-        detail = json.loads(result.read_text())
-        if stage == "reflect":
-            steps["source read"] = {"stage_s": detail["source_s"]}
-        steps[stage] = figures | detail
-        print(f"  {n} rows: {stage} {detail['stage_s']:.1f} s, peak {figures['peak_mb']:.0f} MB", flush=True)
-    cli = [sys.executable, "-m", "recycled_datasets"]
+    me = [sys.executable, str(Path(__file__).resolve()), "--measure"]
     wd = str(folder / "build")
     options = ["--template", "alpaca", "--dtype", "float32", "--workdir", wd, "--quiet"]
-    commands = {
-        "srecycle build (all)": [*cli, "build", *common, *options],
-        "2nd student build": [*cli, "build", "--student", str(students[1]), "--name", "tiny-b", *options],
-        "push --to-dir": [*cli, "push", "--repo", "bench/srecycled-scale", "--workdir", wd, "--to-dir",
-                          str(folder / "export"), "--quiet"],
-    }  # fmt: skip
-    for step, command in commands.items():
-        steps[step] = measured(command, folder / f"{step.split()[0]}.log", timeout)
-        steps[step]["stage_s"] = steps[step]["process_s"]
-        print(f"  {n} rows: {step} {steps[step]['process_s']:.1f} s, peak {steps[step]['peak_mb']:.0f} MB", flush=True)
+    first = ["--source", str(source), "--student", str(students[0]), "--name", "tiny-a", "--teacher", url]
+    builds = {
+        "srecycle build (all)": ["build", *first, *options],
+        "2nd student build": ["build", "--student", str(students[1]), "--name", "tiny-b", *options],
+    }
+    if not second:
+        del builds["2nd student build"]
+    for step, args in builds.items():
+        result = folder / f"{step.split()[0]}.json"
+        figures = measured([*me, str(result), *args], folder / f"{step.split()[0]}.log", timeout)
+        prefix = "" if step.startswith("srecycle") else "2nd student: "
+        for stage, detail in json.loads(result.read_text()).items():
+            if stage == "reflect" and prefix:
+                continue  # reused: the second student makes no teacher call
+            steps[prefix + stage] = detail
+        steps[step] = figures | {"stage_s": figures["process_s"]}
+        print(f"  {n} rows: {step} {figures['process_s']:.1f} s, peak {figures['peak_mb']:.0f} MB", flush=True)
+    export = [sys.executable, "-m", "recycled_datasets", "push", "--repo", "bench/srecycled-scale", "--workdir", wd,
+              "--to-dir", str(folder / "export"), "--quiet"]  # fmt: skip
+    steps["push --to-dir"] = measured(export, folder / "push.log", timeout)
+    steps["push --to-dir"]["stage_s"] = steps["push --to-dir"]["process_s"]
     shutil.rmtree(folder)  # 52k rows' workdirs are large: one size on disk at a time
     for figures in steps.values():
         figures["ms_per_row"] = round(1000 * figures["stage_s"] / n, 3)
@@ -331,11 +338,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Alpaca JSON rows to repeat")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds any one command may take")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    for name in ("--stage", "--workdir", "--result", "--source", "--student", "--name", "--teacher"):
-        parser.add_argument(name, help=argparse.SUPPRESS, type=Path if name in ("--workdir", "--result") else str)
+    parser.add_argument("--no-second", action="store_true", help="skip the second student (half the time)")
+    if sys.argv[1:2] == ["--measure"]:
+        return measure_main(Path(sys.argv[2]), sys.argv[3:])
     args = parser.parse_args()
-    if args.stage:
-        return stage_main(args)
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     meter = LoadMeter.start()
@@ -353,7 +359,7 @@ def main() -> int:
             make_students(texts, students)
             for n in sizes:
                 calls = _Handler.calls
-                per_n[n] = run_size(n, base, students, url, Path(tmp), args.timeout)
+                per_n[n] = run_size(n, base, students, url, Path(tmp), args.timeout, not args.no_second)
                 print(f"  {n} rows: {_Handler.calls - calls} teacher calls", flush=True)
     finally:
         server.shutdown()
