@@ -212,5 +212,5 @@ def test_torchrun_build_before_the_teacher_pass_is_one_line_and_changes_nothing(
         "--student", tiny_llama_dir, "--name", "tiny", "--template", "alpaca", ranks=2,
     )  # fmt: skip
     assert done.returncode != 0
-    assert "under torchrun the ranks only score" in done.stderr and "--until reflect" in done.stderr
+    assert "under torchrun the ranks only score" in done.stderr and "srecycle reflect SOURCE" in done.stderr
     assert not (workdir / "reflections.parquet").exists()

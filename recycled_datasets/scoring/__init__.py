@@ -255,18 +255,17 @@ class _ChunkScorer:
         dist: DistInfo,
         store: Any,
     ):
-        self.student, self.config, self.dtype, self.device, self.dist, self.store = (
-            student,
-            config,
-            dtype,
-            device,
-            dist,
-            store,
-        )
+        self.student = student
+        self.config = config
+        self.template = template
+        self.dtype = dtype
+        self.scoring = scoring
+        self.device = device
+        self.dist = dist
+        self.store = store
         self.tokenizer = load_tokenizer(student)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.template, self.scoring = template, scoring
-        self.model: Any = None
+        self.model: Any = None  # loaded at the first chunk with work: a fully resumed run never loads it
 
     def run(self, chunks: list[tuple[int, int, int]], pairs: Sequence[Pair]) -> None:
         import time

@@ -122,7 +122,7 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
     ``until`` stops after that stage (``reflect``: the teacher's part only; ``score``: no selection).
 
     Under ``torchrun`` every rank scores its share and only rank 0 selects and releases (the other ranks stop
-    after the score stage); the teacher pass must be finished before (``--until reflect`` in one process).
+    after the score stage); the teacher pass must be finished before (``srecycle reflect`` in one process).
     """
     if until is not None and until not in STAGE_NAMES:
         raise ConfigError(f"until must be one of {', '.join(STAGE_NAMES)}, not {until!r}")
@@ -136,8 +136,10 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
     for stage in stages_of(config, info):
         if dist.world > 1 and stage.name == "reflect" and not stage.done():
             raise ConfigError(
-                f"under torchrun the ranks only score: the teacher pass of {config.workdir} is not finished; run "
-                "the same build with --until reflect in one process first"
+                f"under torchrun the ranks only score: the teacher pass of {config.workdir} is not finished; finish "
+                "it in one process (srecycle reflect SOURCE --teacher URL "
+                f"--output {config.workdir}/reflections.parquet --store {config.workdir}/teacher), then launch the "
+                "build without --source"
             )
         stats[stage.name] = stage.run()
         seconds[stage.name] = stats[stage.name].seconds
