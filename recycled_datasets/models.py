@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import ConfigError, ModelError
-from recycled_datasets.hub.ids import is_repo_id
+from recycled_datasets.repo_ids import is_repo_id
 from recycled_datasets.templates import TEMPLATES
 from recycled_datasets.workdir.layout import check_config_name
 

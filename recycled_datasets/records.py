@@ -19,6 +19,9 @@ STATUS_OK = "ok"  # the teacher's text was parsed and used
 STATUS_FELL_BACK = "fell_back"  # a field fell back to the original (see the detail column)
 STATUS_FAILED = "failed"  # the call itself failed (e.g. a 422); fields hold the originals
 
+# What `srecycle finetune` records in its output folder: read back by its card, `push-model` and `generate`.
+FINETUNE_FILE = "srecycle_finetune.json"
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:

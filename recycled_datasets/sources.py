@@ -19,12 +19,42 @@ from typing import Any
 from recycled_datasets.chat import chat_row, is_chat_record
 from recycled_datasets.errors import InputError
 from recycled_datasets.hf_datasets import split_of
-from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.records import SourceRow, Turn, assign_ids
+from recycled_datasets.repo_ids import is_repo_id
 
 logger = logging.getLogger(__name__)
 
 _FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst")
+
+
+@dataclass(frozen=True, slots=True)
+class KnownSource:
+    """A source the project names (``--source NAME``): where its rows are, what a card calls it, its licence."""
+
+    name: str
+    path: str  # a Hub id, or the bundled sample's file
+    label: str
+    license: str  # as the source's own card declares it (the sample: the project's licence)
+    public: bool = True  # a public Hub set (a card cites it as its source dataset)
+
+
+# The one table of the sources a build, a builder, a card or a fine-tuned model's card may name.
+KNOWN_SOURCES = (
+    KnownSource("alpaca", "tatsu-lab/alpaca", "Alpaca", "cc-by-nc-4.0"),
+    KnownSource("wizardlm", "WizardLMTeam/WizardLM_evol_instruct_70k", "WizardLM", "mit"),
+    KnownSource("sample", "recycled_datasets/data/sample.jsonl", "sample", "apache-2.0", public=False),
+)
+
+
+def known_source(source: str) -> KnownSource | None:
+    """The known source named ``source`` (its ``--source`` name or its path), else None."""
+    return next((k for k in KNOWN_SOURCES if source in (k.name, k.path)), None)
+
+
+def license_of(source: str) -> str:
+    """The licence of a known source (by name or path); ``other`` for any other rows."""
+    known = known_source(source)
+    return known.license if known is not None else "other"
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,15 +182,21 @@ def lay_out(
     return layouts
 
 
-def encode_whole(tokenizer: Any, texts: Sequence[str], max_lengths: Sequence[int | None]) -> list[list[int]]:
+def encode_whole(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_lengths: Sequence[int | None],
+    full: Sequence[Sequence[int]] | None = None,
+) -> list[list[int]]:
     """``tokenizer.encode(text, truncation=True, max_length=m)`` of each text, as the reference script calls it.
 
-    Special tokens as the tokenizer adds them. One batched call; only a text longer than its ``m`` is encoded again
-    with the tokenizer's own truncation, so where the special tokens go after a cut is the tokenizer's business.
+    Special tokens as the tokenizer adds them. One batched call (or ``full``, the texts' ids already encoded
+    that way, uncut); only a text longer than its ``m`` is encoded again with the tokenizer's own truncation, so
+    where the special tokens go after a cut is the tokenizer's business.
     """
     if not texts:
         return []
-    full = tokenizer(list(texts))["input_ids"]
+    full = tokenizer(list(texts))["input_ids"] if full is None else full
     out = []
     for text, ids, limit in zip(texts, full, max_lengths, strict=True):
         if limit is not None and len(ids) > limit:
@@ -215,13 +221,16 @@ def lay_out_reference(
     across the boundary stay merged, as they did for the reference. ``stop`` appends EOS for training when there
     is room and the tokenizer did not already end the sequence with it.
     """
-    spans = targets if spans is None else spans
     wholes = [p + t for p, t in zip(prompts, targets, strict=True)]
-    cuts = [w[: w.rfind(span)] for w, span in zip(wholes, spans, strict=True)]
-    ids_of = encode_whole(tokenizer, wholes, [max_length] * len(wholes))
-    untruncated = [len(i) for i in tokenizer(wholes)["input_ids"]] if wholes else []
-    prefix_lengths = [len(i) for i in encode_whole(tokenizer, cuts, [None] * len(cuts))]
+    full = tokenizer(wholes)["input_ids"] if wholes else []
+    ids_of = encode_whole(tokenizer, wholes, [max_length] * len(wholes), full)
+    untruncated = [len(i) for i in full]
     prompt_lengths = [len(i) for i in encode_whole(tokenizer, list(prompts), [None] * len(prompts))]
+    if spans is None:  # the text before the last occurrence of the target, at the end of prompt + target: the prompt
+        prefix_lengths = prompt_lengths
+    else:
+        cuts = [w[: w.rfind(span)] for w, span in zip(wholes, spans, strict=True)]
+        prefix_lengths = [len(i) for i in encode_whole(tokenizer, cuts, [None] * len(cuts))]
     eos = getattr(tokenizer, "eos_token_id", None)
     layouts = []
     for prompt, ids, total, prefix, n_prompt in zip(

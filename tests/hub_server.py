@@ -456,8 +456,8 @@ def make_workdir(
     import pyarrow as pa
 
     from recycled_datasets.records import REFLECTION_COLUMNS, SCORE_COLUMNS, VARIANTS
-    from recycled_datasets.stages.score import pairs_digest, pairs_of
     from recycled_datasets.workdir import Workdir
+    from recycled_datasets.workdir.pairs import pairs_digest, pairs_of
     from recycled_datasets.workdir.tables import write_reflections, write_scores, write_subset
 
     root = Path(root)

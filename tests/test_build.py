@@ -470,3 +470,16 @@ def test_acceptance_30_real_alpaca_rows_with_the_embedded_teacher_and_student(tm
     assert paper["mode"] == "paper" and paper["branches"] == keep["branches"]
     dropped = paper["drops"].get("paper_mode_ins_final", 0) + paper["drops"].get("paper_mode_ori_final", 0)
     assert paper["rows_kept"] + dropped == keep["rows_kept"]
+
+
+def test_build_takes_the_teacher_client_options_of_reflect(tmp_path: Path):
+    """`srecycle build` sets the teacher client as `srecycle reflect` does: here one request in flight where the
+    server's /info allows 8, and TGI's native route with the teacher's tokenizer applied here."""
+    from teacher_server import Faults, TeacherServer
+
+    client = ["--concurrency", "1", "--api", "generate", "--tokenizer", STUDENT, "--timeout", "30"]
+    with TeacherServer(faults=Faults(latency=0.05)) as server:
+        build(tmp_path / "w", *client, "--max-retries", "2", "--wait-ready", "20", teacher=server.url)
+    assert server.max_concurrent_requests == 8 and server.max_inflight == 1
+    assert len(server.bodies) == 12 and {route for route, _ in server.bodies} == {"/"}  # TGI's generate route
+    assert all(body["inputs"].startswith("<|im_start|>") for _, body in server.bodies)  # the template, applied here

@@ -57,6 +57,10 @@ def prepare(builder: SRecycled):
     return builder.as_dataset("train")
 
 
+def view_rows(tables) -> list[dict]:
+    return [row for table in tables for row in table.to_pylist()]
+
+
 def released(workdir: Path, config: str) -> list[dict]:
     return pq.read_table(workdir / "dataset" / config / "train-00000-of-00001.parquet").to_pylist()
 
@@ -67,7 +71,7 @@ def test_a_student_config_reuses_the_workdir_and_equals_the_release(built: Path,
     ds = prepare(builder)
     assert stage_files(built) == before  # no teacher call (it is unreachable), no scoring
     assert ds.num_rows > 0
-    assert ds.to_list() == released(built, STUDENT) == release_subset(built, STUDENT).to_pylist()
+    assert ds.to_list() == released(built, STUDENT) == view_rows(release_subset(built, STUDENT))
     assert ds.features == builder.info.features == features(release_subset_schema())
     assert ds.data.table.schema == release_subset_schema()
 
@@ -87,12 +91,12 @@ def test_reflections_and_scores_configs_equal_the_release_views(built: Path, tmp
     reflections = SRecycled(config_name="reflections", **kwargs)
     ds = prepare(reflections)
     assert ds.num_rows == 3 * 4
-    assert ds.to_list() == released(built, "reflections") == release_reflections(built).to_pylist()
+    assert ds.to_list() == released(built, "reflections") == view_rows(release_reflections(built))
     assert reflections.info.features == features(reflections_long_schema())
     scores = SRecycled(config_name="scores", **kwargs)  # default: the embedded student
     ds = prepare(scores)
     assert set(ds["student"]) == {STUDENT} and ds.num_rows == 3 * 4
-    assert ds.to_list() == release_scores(built, [STUDENT]).to_pylist()
+    assert ds.to_list() == view_rows(release_scores(built, [STUDENT]))
     assert ds.data.table.schema == release_scores_schema()
     assert scores.info.features == features(release_scores_schema())
     assert stage_files(built) == before
@@ -110,11 +114,11 @@ def test_a_key_of_the_users_own_is_a_config(built: Path, tiny_llama_dir: Path, t
     common = {"workdir": str(workdir), "cache_dir": str(tmp_path / "cache"), "teacher": UNREACHABLE}
     ds = prepare(SRecycled(config_name="my-smol", students_file=str(students), **common))
     assert ds.unique("student") == ["my-smol"]
-    assert ds.to_list() == release_subset(workdir, "my-smol").to_pylist()
+    assert ds.to_list() == view_rows(release_subset(workdir, "my-smol"))
     scores = SRecycled(config_name="scores", students=("my-smol", STUDENT), students_file=str(students), **common)
     ds = prepare(scores)
     assert ds.unique("student") == ["my-smol", STUDENT]
-    assert ds.to_list() == release_scores(workdir, ["my-smol", STUDENT]).to_pylist()
+    assert ds.to_list() == view_rows(release_scores(workdir, ["my-smol", STUDENT]))
     tiny = {"student": str(tiny_llama_dir), "template": "alpaca", "dtype": "float32"}
     ds = prepare(SRecycled(config_name="scores", **tiny, **common))  # no name given: the folder names the key
     assert ds.unique("student") == [tiny_llama_dir.name]
@@ -146,7 +150,7 @@ def test_a_changed_workdir_is_not_served_from_the_cache(tmp_path: Path):
     srecycle("import-reflections", changed, "--workdir", workdir, "--quiet", "--force")
     second = prepare(SRecycled(**kwargs))
     assert first.to_list() != second.to_list()
-    assert second.to_list() == release_reflections(workdir).to_pylist()
+    assert second.to_list() == view_rows(release_reflections(workdir))
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def test_alpaca_rows_keep_their_ids_and_score_digests():
     """Workdirs built before chat rows existed stay valid: same row ids, same digest of the pairs to score."""
     import hashlib
 
-    from recycled_datasets.stages.score import pairs_digest as _pairs_digest
+    from recycled_datasets.workdir.pairs import pairs_digest as _pairs_digest
 
     row = ("Add 2 and 3.", "Answer briefly.", "5")
     assert content_id(*row) == hashlib.sha256("\x1f".join(row).encode()).hexdigest()[:16]

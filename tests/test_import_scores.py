@@ -134,7 +134,7 @@ def test_import_scores_then_select_keeps_what_the_reference_selection_keeps(work
     assert report["student"]["scoring"] == "reference"
     assert report["student"]["imported_from"] == "local:analysis"
     # A stale imported student is remade by importing again, not by scoring with the 7B model.
-    from recycled_datasets.stages.select import rebuild_command
+    from recycled_datasets.hub.stale import rebuild_command
     from recycled_datasets.workdir import Workdir
 
     hint = rebuild_command(Workdir(workdir_with_reflections), STUDENT)

@@ -55,8 +55,9 @@ def finished_workdir(root: Path, *, empty: bool = False) -> Path:
     from recycled_datasets.models import resolve_student
     from recycled_datasets.scoring import ScoreConfig
     from recycled_datasets.stages import ReleaseStage, SelectStage
-    from recycled_datasets.stages.score import pairs_digest, pairs_of, student_record
+    from recycled_datasets.stages.score import student_record
     from recycled_datasets.workdir import Workdir
+    from recycled_datasets.workdir.pairs import pairs_digest, pairs_of
     from recycled_datasets.workdir.tables import write_reflections, write_scores
 
     make_workdir(root, students=(STUDENT,), rows=30, empty=(STUDENT,) if empty else ())
@@ -369,7 +370,7 @@ def test_a_missing_local_looking_path_is_a_missing_file_at_once(tmp_path: Path, 
 
 def test_teacher_retries_are_visible_and_bounded(tmp_path: Path, capsys):
     from recycled_datasets.teacher import ReflectConfig
-    from recycled_datasets.teacher.client import RetryPolicy
+    from recycled_datasets.teacher.transport import RetryPolicy
 
     assert ReflectConfig().timeout == 300 and RetryPolicy().max_seconds == 1800
     readme = (ROOT / "README.md").read_text()

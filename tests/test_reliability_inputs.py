@@ -110,7 +110,7 @@ def _full(*args: object, **kwargs: object) -> None:
 def test_a_full_disk_is_one_line_that_blames_the_disk_not_the_store(wd: Path, tmp_path: Path, capsys, monkeypatch):
     import recycled_datasets.workdir.files as files
 
-    monkeypatch.setattr(files, "_write_parquet_file", _full)
+    monkeypatch.setattr(files, "_parquet_writer", _full)
     code, _, err = cli(capsys, "select", "--workdir", wd, "--student", STUDENT)
     line = one_line_error(err)
     assert code == 2 and "No space left on device" in line and "subset.parquet" in line
@@ -149,7 +149,7 @@ def test_select_writes_nothing_when_it_fails(wd: Path, capsys, monkeypatch):
         raise OSError(errno.EIO, "Input/output error")
 
     before = {p: p.read_bytes() for p in (wd / "students" / STUDENT).iterdir() if p.is_file()}
-    monkeypatch.setattr(select, "_digest_of", broken)
+    monkeypatch.setattr(select, "recorded_digest", broken)
     with pytest.raises(OSError):
         from recycled_datasets.selection import SelectionConfig
         from recycled_datasets.workdir import Workdir

@@ -106,3 +106,28 @@ def test_real_alpaca_rows(alpaca_path):
     assert len(data.rows) == 3111
     assert sum(1 for r in data.rows if r.input) == 579
     assert len({r.id for r in data.rows}) == 3111
+
+
+def test_one_licence_table_names_each_known_source_and_fine_tuning_follows_it(tmp_path):
+    """The builders, the build's reflections.json and a fine-tuned model's card take a source's licence from
+    one table; a subset whose card declares none gets its source's, and rows of no known source ``other``."""
+    from recycled_datasets.builders import SRecycledAlpaca, SRecycledSample, SRecycledWizardLM
+    from recycled_datasets.finetune.data import _subset_license
+    from recycled_datasets.sources import license_of
+    from recycled_datasets.stages.source import load_source
+
+    assert [license_of(s) for s in ("alpaca", "tatsu-lab/alpaca", "wizardlm", "sample", "my.json")] == [
+        "cc-by-nc-4.0", "cc-by-nc-4.0", "mit", "apache-2.0", "other",
+    ]  # fmt: skip
+    made = [b(config_name="reflections", workdir=str(tmp_path / "w"), cache_dir=str(tmp_path / "c")) for b in (
+        SRecycledAlpaca, SRecycledWizardLM, SRecycledSample)]  # fmt: skip
+    assert [b.info.license for b in made] == [
+        "cc-by-nc-4.0", "mit", "apache-2.0",
+    ]  # fmt: skip
+    assert load_source("sample").license == "apache-2.0"
+    no_card = tmp_path / "README.md"
+    assert _subset_license(no_card, {"source": "WizardLMTeam/WizardLM_evol_instruct_70k"}) == "mit"
+    assert _subset_license(no_card, {"source": "rows.json"}) == "other"
+    assert _subset_license(no_card, None) == "other"
+    no_card.write_text("---\nlicense: apache-2.0\n---\n")
+    assert _subset_license(no_card, {"source": "tatsu-lab/alpaca"}) == "apache-2.0"

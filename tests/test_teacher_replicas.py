@@ -23,8 +23,9 @@ from recycled_datasets.errors import TeacherError
 from recycled_datasets.records import assign_ids
 from recycled_datasets.teacher import reflect_rows
 from recycled_datasets.teacher.base import CallStats
-from recycled_datasets.teacher.client import HttpTeacher, RetryPolicy
+from recycled_datasets.teacher.client import HttpTeacher
 from recycled_datasets.teacher.replicas import Cooldown, Replicas
+from recycled_datasets.teacher.transport import RetryPolicy
 
 ROWS = assign_ids([(f"Give {i} tips for staying healthy.", "", f"Tip {i}: eat well, sleep, move.") for i in range(24)])
 WINDOW = 4  # requests in flight per replica (--concurrency)

@@ -6,9 +6,13 @@ torch and transformers are imported inside the functions that run the work.
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from typer._click import exceptions as click_exceptions  # typer >= 0.26 vendors click (pyproject's floor)
@@ -44,6 +48,22 @@ def _root(
     """srecycle: recycle instruction data with a teacher, select it per student, publish it."""
 
 
+def _logged(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with logging set up first: warnings and errors only, and no progress bars, with ``--quiet``
+    and on every process but the first of a torchrun or accelerate launch (``RANK`` > 0)."""
+
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from recycled_datasets.progress import set_quiet, setup_logging
+
+        quiet = bool(kwargs.get("quiet")) or os.environ.get("RANK", "0") not in ("", "0")
+        setup_logging(quiet=quiet)
+        set_quiet(quiet)
+        return command(*args, **kwargs)
+
+    return run
+
+
 def _register() -> None:
     # One module per command; each imports only typer and the standard library at module level.
     from recycled_datasets.cli import (
@@ -60,20 +80,20 @@ def _register() -> None:
         students,
     )
 
-    app.command("demo")(demo.demo)
-    app.command("reflect")(reflect.reflect)
-    app.command("score")(score.score)
-    app.command("select")(build.select)
-    app.command("build")(build.build)
-    app.command("import-reflections")(build.import_reflections)
-    app.command("import-scores")(import_scores.import_scores)
-    app.command("push")(push.push)
-    app.command("push-model")(push.push_model)
-    app.command("finetune")(finetune.finetune)
-    app.command("students")(students.students)
-    app.command("generate")(generate.generate)
-    app.command("judge")(judge.judge)
-    app.command("evaluate")(evaluate.evaluate)
+    app.command("demo")(_logged(demo.demo))
+    app.command("reflect")(_logged(reflect.reflect))
+    app.command("score")(_logged(score.score))
+    app.command("select")(_logged(build.select))
+    app.command("build")(_logged(build.build))
+    app.command("import-reflections")(_logged(build.import_reflections))
+    app.command("import-scores")(_logged(import_scores.import_scores))
+    app.command("push")(_logged(push.push))
+    app.command("push-model")(_logged(push.push_model))
+    app.command("finetune")(_logged(finetune.finetune))
+    app.command("students")(_logged(students.students))
+    app.command("generate")(_logged(generate.generate))
+    app.command("judge")(_logged(judge.judge))
+    app.command("evaluate")(_logged(evaluate.evaluate))
 
 
 _register()

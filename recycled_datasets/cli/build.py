@@ -14,22 +14,30 @@ from typing import Annotated, Any
 import typer
 
 from recycled_datasets.cli.options import (
+    Api,
     BatchTokens,
+    Concurrency,
     Dtype,
     Gate,
     GateOff,
     MaxLength,
     MaxNewTokens,
+    MaxRetries,
+    MaxRetryTime,
     Quiet,
     Scoring,
     SkipInvalid,
     Student,
     StudentsFile,
+    TeacherName,
+    TeacherTokenizer,
     Template,
+    Timeout,
+    WaitReady,
     Workdir,
 )
 from recycled_datasets.cli.reflect import PromptInstruction, PromptResponse, PromptVersion
-from recycled_datasets.progress import console, set_quiet, setup_logging
+from recycled_datasets.progress import console
 
 Source = Annotated[
     str | None,
@@ -123,15 +131,26 @@ def build(
     prompt_instruction: PromptInstruction = None,
     prompt_response: PromptResponse = None,
     prompt_version: PromptVersion = None,
+    concurrency: Concurrency = None,
+    api: Api = "chat",
+    tokenizer: TeacherTokenizer = None,
+    teacher_name: TeacherName = None,
+    timeout: Timeout = 300.0,
+    wait_ready: WaitReady = 300.0,
+    max_retries: MaxRetries = 8,
+    max_retry_time: MaxRetryTime = 1800.0,
     quiet: Quiet = False,
 ) -> None:
-    """Build one student's sRecycled subset: reflect (cached) -> score (cached) -> select -> DIR/dataset."""
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
+    """Build one student's sRecycled subset: reflect (cached) -> score (cached) -> select -> DIR/dataset.
+
+    --concurrency, --api, --tokenizer, --teacher-name, --timeout, --wait-ready, --max-retries and
+    --max-retry-time set the teacher client as in srecycle reflect.
+    """
     from rich.table import Table
 
     from recycled_datasets.builders import SRecycledConfig, run_student
     from recycled_datasets.models import resolve_student
+    from recycled_datasets.teacher.config import TeacherClient
     from recycled_datasets.workdir import check_config_name
 
     started = time.monotonic()
@@ -160,6 +179,16 @@ def build(
         prompt_instruction=prompt_instruction,
         prompt_response=prompt_response,
         prompt_version=prompt_version,
+        teacher_client=TeacherClient(
+            concurrency=concurrency,
+            api=api,
+            tokenizer=tokenizer,
+            teacher_name=teacher_name,
+            timeout=timeout,
+            health_timeout=wait_ready,
+            max_retries=max_retries,
+            max_retry_seconds=max_retry_time,
+        ),
     )
     result = run_student(config, release=True)
     if "select" not in result.stats:  # another rank of torchrun: rank 0 reports
@@ -193,8 +222,6 @@ def select(
     quiet: Quiet = False,
 ) -> None:
     """Select a student's subset again from its cached scores (no student, no teacher), and refresh DIR/dataset."""
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
     from recycled_datasets.locking import locked
     from recycled_datasets.stages import ReleaseStage, SelectStage
     from recycled_datasets.workdir import Workdir as Files
@@ -255,8 +282,6 @@ def import_reflections(
     Reads their published sets and the files their reflection scripts write (docs/method.md, section 8). A
     workdir that already holds other reflections is left alone unless --force.
     """
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
     from rich.table import Table
 
     from recycled_datasets.locking import locked

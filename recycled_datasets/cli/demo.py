@@ -86,10 +86,6 @@ def demo(
     Part 2: SmolLM2-135M as teacher on --rows rows (a tiny model: most of its replies are refused by the quality
     gates). Reruns reuse every finished stage and every stored teacher answer in --workdir.
     """
-    from recycled_datasets.progress import set_quiet, setup_logging
-
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
 
     from recycled_datasets.models import resolve_student
     from recycled_datasets.progress import console

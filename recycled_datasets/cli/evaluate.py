@@ -53,10 +53,6 @@ def evaluate(
     from recycled_datasets.evaluation.evaluate import evaluate as run_evaluate
     from recycled_datasets.evaluation.generate import GenerateConfig
     from recycled_datasets.evaluation.judge import JudgeConfig
-    from recycled_datasets.progress import set_quiet, setup_logging
-
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
 
     def answers(name: str, which: str, server: str | None) -> GenerateConfig:
         return GenerateConfig(

@@ -67,10 +67,8 @@ def generate(
     from rich.table import Table
 
     from recycled_datasets.evaluation.generate import GenerateConfig, generate_answers
-    from recycled_datasets.progress import console, set_quiet, setup_logging
+    from recycled_datasets.progress import console
 
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
     config = GenerateConfig(
         model=model,
         test_sets=test_sets,

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from recycled_datasets.cli.options import MaxLength, Quiet, Student, StudentsFile, Template, Workdir
-from recycled_datasets.progress import console, set_quiet, setup_logging
+from recycled_datasets.progress import console
 
 
 def import_scores(
@@ -31,8 +31,6 @@ def import_scores(
     authors' variants); rows are matched by position. The scores are recorded as imported, with the reference
     scoring convention, so no model and no GPU is needed to re-derive the released subset.
     """
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
     from pathlib import Path
 
     from rich.table import Table

@@ -79,10 +79,7 @@ def judge(
     """
     from recycled_datasets.evaluation.evaluate import judge_files
     from recycled_datasets.evaluation.judge import JudgeConfig
-    from recycled_datasets.progress import set_quiet, setup_logging
 
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
     config = JudgeConfig(
         judge=judge,
         output_dir=output,

@@ -78,3 +78,39 @@ GateOff = Annotated[
         help="Turn a quality gate off (repeatable): scaffold_leak, echo, degenerate, cut_off or empty.",
     ),
 ]
+
+# How the teacher client talks to its servers (``srecycle reflect`` and ``srecycle build``): TeacherClient's fields.
+Concurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        min=1,
+        help="Requests in flight per server (default: the server's /info, else 16); local: batch size.",
+    ),
+]
+Api = Annotated[
+    str, typer.Option("--api", help="chat (/v1/chat/completions, any server) or generate (TGI's native route).")
+]
+TeacherTokenizer = Annotated[
+    str | None,
+    typer.Option("--tokenizer", help="The teacher's tokenizer (students key, Hub id, folder): exact lengths."),
+]
+TeacherName = Annotated[
+    str | None, typer.Option("--teacher-name", help="Model name to cache answers under, if the server has none.")
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer before retrying it.")
+]
+WaitReady = Annotated[
+    float,
+    typer.Option(
+        "--wait-ready", min=0.001, help="Seconds to wait at start for the server to answer (it may be loading)."
+    ),
+]
+MaxRetries = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Retries per request (429, 5xx, timeouts, lost connections).")
+]
+MaxRetryTime = Annotated[
+    float,
+    typer.Option("--max-retry-time", min=1.0, help="Seconds one request may take, every attempt and wait included."),
+]

@@ -73,10 +73,7 @@ def push(
 def _start(repo: str, tag: str | None, quiet: bool) -> None:
     """Logging set up, and ``--repo`` / ``--tag`` checked before anything is read or contacted."""
     from recycled_datasets.hub.publish import check_repo_id, check_tag
-    from recycled_datasets.progress import set_quiet, setup_logging
 
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
     check_repo_id(repo)
     check_tag(tag)
 

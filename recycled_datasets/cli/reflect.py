@@ -7,7 +7,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from recycled_datasets.cli.options import Gate, GateOff, MaxNewTokens, Quiet, SkipInvalid, Teacher
+from recycled_datasets.cli.options import (
+    Api,
+    Concurrency,
+    Gate,
+    GateOff,
+    MaxNewTokens,
+    MaxRetries,
+    MaxRetryTime,
+    Quiet,
+    SkipInvalid,
+    Teacher,
+    TeacherName,
+    TeacherTokenizer,
+    Timeout,
+    WaitReady,
+)
 
 if TYPE_CHECKING:
     from recycled_datasets.teacher import ReflectPlan, ReflectResult
@@ -37,54 +52,25 @@ def reflect(
         Path | None,
         typer.Option("--store", help="Teacher answer store folder (default: a 'teacher' folder beside --output)."),
     ] = None,
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            min=1,
-            help="Requests in flight per server (default: the server's /info, else 16); local: batch size.",
-        ),
-    ] = None,
+    concurrency: Concurrency = None,
     max_new_tokens: MaxNewTokens = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Reflect only the first N rows.")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the number of calls and a token estimate; send nothing.")
     ] = False,
     skip_invalid: SkipInvalid = False,
-    api: Annotated[
-        str,
-        typer.Option("--api", help="chat (/v1/chat/completions, any server) or generate (TGI's native route)."),
-    ] = "chat",
-    tokenizer: Annotated[
-        str | None,
-        typer.Option("--tokenizer", help="The teacher's tokenizer (students key, Hub id, folder): exact lengths."),
-    ] = None,
-    teacher_name: Annotated[
-        str | None, typer.Option("--teacher-name", help="Model name to cache answers under, if the server has none.")
-    ] = None,
+    api: Api = "chat",
+    tokenizer: TeacherTokenizer = None,
+    teacher_name: TeacherName = None,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy decoding.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Generation seed sent with every request.")] = 0,
     prompt_instruction: PromptInstruction = None,
     prompt_response: PromptResponse = None,
     prompt_version: PromptVersion = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0.001, help="Seconds to wait for one answer before retrying it.")
-    ] = 300.0,
-    wait_ready: Annotated[
-        float,
-        typer.Option(
-            "--wait-ready", min=0.001, help="Seconds to wait at start for the server to answer (it may be loading)."
-        ),
-    ] = 300.0,
-    max_retries: Annotated[
-        int, typer.Option("--max-retries", min=0, help="Retries per request (429, 5xx, timeouts, lost connections).")
-    ] = 8,
-    max_retry_time: Annotated[
-        float,
-        typer.Option(
-            "--max-retry-time", min=1.0, help="Seconds one request may take, every attempt and wait included."
-        ),
-    ] = 1800.0,
+    timeout: Timeout = 300.0,
+    wait_ready: WaitReady = 300.0,
+    max_retries: MaxRetries = 8,
+    max_retry_time: MaxRetryTime = 1800.0,
     retry_rejected: Annotated[
         bool, typer.Option("--retry-rejected", help="Resend requests the server refused (422) in an earlier run.")
     ] = False,
@@ -97,12 +83,8 @@ def reflect(
     A server that wants a bearer token gets $SRECYCLE_TEACHER_TOKEN. $HF_TOKEN (or your stored Hugging Face
     login) is sent only to Hugging Face hosts over https, never to your own servers.
     """
-    from recycled_datasets.progress import console, set_quiet, setup_logging
-
-    setup_logging(quiet=quiet)
-    set_quiet(quiet)
-
     from recycled_datasets.errors import ConfigError
+    from recycled_datasets.progress import console
     from recycled_datasets.safety import check_distinct
     from recycled_datasets.stages.reflect import reflections_meta
     from recycled_datasets.stages.source import load_source

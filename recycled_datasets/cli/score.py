@@ -41,12 +41,9 @@ def score(
     Resumable: finished work is checkpointed next to OUTPUT, and a rerun after a crash continues from it.
     Runs on several devices under `torchrun --nproc-per-node N $(which srecycle) score ...`.
     """
-    from recycled_datasets.progress import set_quiet, setup_logging
     from recycled_datasets.scoring import dist_info
 
     dist = dist_info()
-    set_quiet(quiet or not dist.main)
-    setup_logging(quiet=quiet or not dist.main)
 
     import time
 

@@ -136,7 +136,7 @@ class GenerateResult:
 
 def checkpoint_template(folder: Path) -> str | None:
     """The template a ``srecycle finetune`` checkpoint was trained with, or None for any other folder."""
-    from recycled_datasets.hub.model_card import FINETUNE_FILE
+    from recycled_datasets.records import FINETUNE_FILE
 
     path = Path(folder) / FINETUNE_FILE
     if not path.is_file():

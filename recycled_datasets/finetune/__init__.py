@@ -22,7 +22,7 @@ The modules, by job: ``config`` (the run's settings), ``data`` (the subset and i
 from __future__ import annotations
 
 from recycled_datasets.finetune.config import FinetuneConfig, field_default, field_help
-from recycled_datasets.finetune.data import DEFAULT_LICENSE, SUBSET_COLUMNS, Subset, load_subset, training_examples
+from recycled_datasets.finetune.data import SUBSET_COLUMNS, Subset, load_subset, training_examples
 from recycled_datasets.finetune.run import FinetuneResult, finetune, finetune_metadata, mean_logged_loss
 from recycled_datasets.finetune.trainer import (
     TrainingJob,
@@ -30,10 +30,9 @@ from recycled_datasets.finetune.trainer import (
     gradient_accumulation_steps,
     last_checkpoint,
 )
-from recycled_datasets.hub.model_card import FINETUNE_FILE
+from recycled_datasets.records import FINETUNE_FILE
 
 __all__ = [
-    "DEFAULT_LICENSE",
     "FINETUNE_FILE",
     "SUBSET_COLUMNS",
     "FinetuneConfig",

@@ -14,14 +14,11 @@ from typing import Any
 
 from recycled_datasets.chat import last_exchange_context
 from recycled_datasets.errors import ConfigError, HubError, InputError
-from recycled_datasets.hub.ids import is_repo_id
+from recycled_datasets.repo_ids import is_repo_id
 from recycled_datasets.tokens import Exchange, lay_out, reference_layouts
 
 logger = logging.getLogger(__name__)
 
-# Alpaca (CC BY-NC 4.0) and WizardLM data, and the teacher outputs derived from them, are released for
-# non-commercial use; a checkpoint trained on a subset without a declared license inherits that restriction.
-DEFAULT_LICENSE = "cc-by-nc-4.0"
 SUBSET_COLUMNS = ("instruction", "input", "output")
 
 
@@ -51,17 +48,40 @@ def _card_license(readme: Path) -> str | None:
     return str(value) if value else None
 
 
-def _report_scoring(report: Path | None) -> str | None:
-    """The scoring convention a config's report.json records for its student; ``split`` for a report written
-    before there were two (every such release was scored that way); None without a report (not a release of ours)."""
+def _read_report(report: Path | None) -> dict[str, Any] | None:
+    """A config's report.json; None without one (not a release of ours)."""
     if report is None or not report.is_file():
         return None
     try:
-        student = json.loads(report.read_text(encoding="utf-8")).get("student") or {}
-    except (OSError, ValueError, AttributeError) as e:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
         raise InputError(f"unreadable report ({e}); push the release again", path=str(report)) from e
+    if not isinstance(data, dict):
+        raise InputError("unreadable report (not a JSON object); push the release again", path=str(report))
+    return data
+
+
+def _report_scoring(report: dict[str, Any] | None) -> str | None:
+    """The scoring convention a config's report records for its student; ``split`` for a report written before
+    there were two (every such release was scored that way); None without a report."""
+    if report is None:
+        return None
+    student = report.get("student")
     value = student.get("scoring") if isinstance(student, dict) else None
     return value if isinstance(value, str) and value else "split"
+
+
+def _subset_license(readme: Path | None, report: dict[str, Any] | None) -> str:
+    """The card's license; without one, that of the source the report names (``other`` for unknown rows)."""
+    from recycled_datasets.sources import license_of
+
+    license = _card_license(readme) if readme is not None else None
+    if license is not None:
+        return license
+    source = report.get("source") if report is not None else None
+    license = license_of(source) if isinstance(source, str) else "other"
+    logger.warning("the dataset card declares no license; recording %s, that of its source %s", license, source)
+    return license
 
 
 def _hub_report(dataset: str, config: str, sha: str) -> Path | None:
@@ -147,14 +167,8 @@ def load_subset(dataset: str, config: str, *, revision: str | None = None) -> Su
     if len(rows) == 0:
         raise InputError(f"config {config!r} has no rows to train on", path=dataset)
     report = Path(path) / config / "report.json" if _is_local(dataset) else _hub_report(dataset, config, sha)
-    scoring = _report_scoring(report)
-    license = _card_license(readme) if readme is not None else None
-    if license is None:
-        logger.warning(
-            "the dataset card declares no license; recording %s (Alpaca/WizardLM-derived data)", DEFAULT_LICENSE
-        )
-        license = DEFAULT_LICENSE
-    return Subset(rows=rows, revision=sha, license=license, scoring=scoring)
+    record = _read_report(report)
+    return Subset(rows=rows, revision=sha, license=_subset_license(readme, record), scoring=_report_scoring(record))
 
 
 def training_examples(

@@ -12,7 +12,7 @@ from typing import Any
 from recycled_datasets.errors import ConfigError
 from recycled_datasets.finetune.config import FinetuneConfig
 from recycled_datasets.finetune.trainer import CHECKPOINT_DIR, TrainingJob, build_trainer
-from recycled_datasets.hub.model_card import FINETUNE_FILE
+from recycled_datasets.records import FINETUNE_FILE
 from recycled_datasets.workdir.files import write_json
 
 logger = logging.getLogger(__name__)

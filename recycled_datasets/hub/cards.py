@@ -95,7 +95,7 @@ def render_card(card_type: type[Card], card_data: CardData, template: str, **con
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    from recycled_datasets.hub.ids import is_repo_id
+    from recycled_datasets.repo_ids import is_repo_id
 
     # Everything that did not come from the project goes through these filters (see the templates).
     env.filters.update(text=text, code=code, python_str=python_str)

@@ -17,12 +17,12 @@ from typing import Any
 
 from recycled_datasets.errors import ConfigError, HubError, InputError
 from recycled_datasets.hub.cards import MODEL_TEMPLATE, render_card
-from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.hub.publish import PushResult, _endpoint, check_repo_id, ensure_repo, hub_errors, resolve_token
+from recycled_datasets.records import FINETUNE_FILE
+from recycled_datasets.repo_ids import is_repo_id
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_FILE = "srecycle_finetune.json"
 # Trainer leftovers that are not part of a usable model (resume state, pickled arguments, nested checkpoints).
 _SKIP_FILES = re.compile(
     r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|training_args\.bin|trainer_state\.json)$"

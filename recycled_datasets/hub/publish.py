@@ -30,8 +30,8 @@ from recycled_datasets.hub.tree import (
     REPORT_FILE,
     ConfigEntry,
     ExistingRelease,
-    build_tree,
     config_prefixes,
+    write_release_tree,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def check_tag(tag: str | None) -> str | None:
 
 def check_repo_id(repo_id: str) -> str:
     """``--repo`` is always ORG/NAME: a bare name would land in whichever account the token belongs to."""
-    from recycled_datasets.hub.ids import check_repo_id as check
+    from recycled_datasets.repo_ids import check_repo_id as check
 
     return check(repo_id, what="--repo (ORG/NAME)")
 
@@ -177,7 +177,9 @@ def push_release(
             if tag is not None:
                 _check_tag_free(api, repo_id, repo_type, tag)
             existing = _existing_release(api, repo_id, info.sha, remote_files, Path(tmp) / "remote")
-        tree = build_tree(Path(workdir), Path(tmp) / "tree", students=students, repo_id=repo_id, existing=existing)
+        tree = write_release_tree(
+            Path(workdir), Path(tmp) / "tree", students=students, repo_id=repo_id, existing=existing
+        )
         owned = tree.owned_prefixes()
         stale = sorted(f for f in remote_files if f.startswith(owned) and f not in tree.files)
         operations: list[Any] = [

@@ -28,14 +28,25 @@ from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import InputError
-from recycled_datasets.hub.ids import is_repo_id
 from recycled_datasets.records import VARIANTS
+from recycled_datasets.repo_ids import is_repo_id
 from recycled_datasets.safety import check_replaceable, write_manifest
 from recycled_datasets.workdir import REFLECTIONS_CONFIG, SCORES_CONFIG, Workdir
-from recycled_datasets.workdir.files import atomic_write_bytes, replace_dir, verify, write_table
-from recycled_datasets.workdir.schema import release_scores_schema, report_bytes
-from recycled_datasets.workdir.tables import has_reflections, read_reflections_meta, read_report, read_scores_table
-from recycled_datasets.workdir.views import release_reflections, release_scores, release_subset
+from recycled_datasets.workdir.files import atomic_write_bytes, replace_dir, verify, write_tables
+from recycled_datasets.workdir.schema import (
+    reflections_long_schema,
+    release_scores_schema,
+    release_subset_schema,
+    report_bytes,
+)
+from recycled_datasets.workdir.tables import (
+    has_reflections,
+    read_reflections_meta,
+    read_report,
+    read_scores_table,
+    read_subset_table,
+)
+from recycled_datasets.workdir.views import chat_subset, release_reflections, release_scores
 
 logger = logging.getLogger(__name__)
 
@@ -114,33 +125,16 @@ def write_release_tree(
     *,
     students: Sequence[str] | None = None,
     repo_id: str | None = None,
-    force: bool = False,
-    legacy: bool = False,
-    skip_stale: bool = False,
-) -> ReleaseTree:
-    """Write the repo tree of ``workdir`` into ``dest`` (absent, empty, or an earlier release it replaces).
-
-    ``students`` picks and orders the student configs (default: every ``students/KEY`` folder, sorted);
-    the first becomes the default config. ``repo_id`` only fills the card's ``load_dataset`` snippets.
-    """
-    return build_tree(
-        workdir, dest, students=students, repo_id=repo_id, force=force, legacy=legacy, skip_stale=skip_stale
-    )
-
-
-def build_tree(
-    workdir: Path,
-    dest: Path,
-    *,
-    students: Sequence[str] | None = None,
-    repo_id: str | None = None,
     existing: ExistingRelease | None = None,
     force: bool = False,
     legacy: bool = False,
     skip_stale: bool = False,
 ) -> ReleaseTree:
-    """:func:`write_release_tree`, merging the card with the configs of an ``existing`` release.
+    """Write the repo tree of ``workdir`` into ``dest``, merging the card with the configs of an ``existing``
+    release (a push's, read from the Hub).
 
+    ``students`` picks and orders the student configs (default: every ``students/KEY`` folder, sorted);
+    the first becomes the default config. ``repo_id`` only fills the card's ``load_dataset`` snippets.
     ``dest`` must be absent, empty or a release folder holding only what its manifest lists (see
     :mod:`recycled_datasets.safety`); ``force`` replaces any folder, ``legacy`` accepts ``DIR/dataset`` as
     earlier versions wrote it.
@@ -235,11 +229,12 @@ def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry
     """A student's config: its subset, report, part of the scores config and plots; returns its card entry."""
     from recycled_datasets.hub.plots import write_plots
 
-    table = release_subset(work.files, student.key)
+    subset = read_subset_table(work.files, student.key)
     rel = f"{student.key}/{DATA_FILE}"
     (dest / student.key).mkdir(parents=True)
-    if table.num_rows:
-        write_table(table, dest / rel, digest=False)
+    rows = nbytes = 0
+    if subset.num_rows:
+        rows, nbytes = write_tables(chat_subset(subset), release_subset_schema(), dest / rel, digest=False)
     else:
         logger.warning(
             "student %s: no row passed the selection; its config is left out of the release's loadable "
@@ -248,16 +243,16 @@ def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry
         )
     atomic_write_bytes(dest / student.key / REPORT_FILE, report_bytes(student.report), digest=False)
     scores_file = dest / SCORES_CONFIG / student.key / DATA_FILE
-    write_table(release_scores(work.files, [student.key]), scores_file, digest=False)
+    write_tables(release_scores(work.files, [student.key]), release_scores_schema(), scores_file, digest=False)
     folder = dest / PLOTS_DIR / student.key
-    plots = write_plots(scores=student.scores, subset=table, report=student.report, dest=folder)
-    logger.info("config %s: %d rows", student.key, table.num_rows)
+    plots = write_plots(scores=student.scores, subset=subset, report=student.report, dest=folder)
+    logger.info("config %s: %d rows", student.key, rows)
     return ConfigEntry(
         name=student.key,
-        rows=table.num_rows,
+        rows=rows,
         info=(
-            _dataset_info(student.key, table.schema, table.num_rows, dest / rel, table.nbytes)
-            if table.num_rows
+            _dataset_info(student.key, release_subset_schema(), rows, dest / rel, nbytes)
+            if rows
             else {"config_name": student.key}
         ),
         report=student.report,
@@ -274,13 +269,11 @@ def _write_tree(
     from recycled_datasets.hub.cards import DATASET_TEMPLATE, render_card
 
     entries = {student.key: _write_student(work, student, dest) for student in work.students}
-    reflections = release_reflections(work.files)
     rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
-    write_table(reflections, dest / rel, digest=False)
+    schema = reflections_long_schema()
+    rows, nbytes = write_tables(release_reflections(work.files), schema, dest / rel, digest=False)
     entries[REFLECTIONS_CONFIG] = ConfigEntry(
-        REFLECTIONS_CONFIG,
-        reflections.num_rows,
-        _dataset_info(REFLECTIONS_CONFIG, reflections.schema, reflections.num_rows, dest / rel, reflections.nbytes),
+        REFLECTIONS_CONFIG, rows, _dataset_info(REFLECTIONS_CONFIG, schema, rows, dest / rel, nbytes)
     )
 
     configs = _merge_configs(existing, entries)
@@ -372,7 +365,7 @@ def public_name(name: str) -> str:
 
 
 def _fresh(wd: Workdir, keys: list[str], *, skip_stale: bool) -> list[str]:
-    from recycled_datasets.stages.select import stale_error, stale_students
+    from recycled_datasets.hub.stale import stale_error, stale_students
 
     stale = stale_students(wd, keys)
     if not stale:
@@ -451,23 +444,26 @@ def _card_metadata(meta: Mapping[str, Any], configs: Sequence[ConfigEntry], defa
     )
 
 
-_KNOWN_SOURCES = (
-    ("wizard", "WizardLMTeam/WizardLM_evol_instruct_70k", "WizardLM"),
-    ("alpaca", "tatsu-lab/alpaca", "Alpaca"),
-)
+def _public_source(source: str):  # -> KnownSource | None
+    """The public set a release's source names (by name, Hub id or label, in any case), if any."""
+    from recycled_datasets.sources import KNOWN_SOURCES
+
+    lowered = source.lower()
+    return next(
+        (k for k in KNOWN_SOURCES if k.public and any(n.lower() in lowered for n in (k.name, k.path, k.label))), None
+    )
 
 
 def _source_dataset(source: str) -> str:
-    lowered = source.lower()
-    for needle, repo, _ in _KNOWN_SOURCES:
-        if needle in lowered:
-            return repo
+    known = _public_source(source)
+    if known is not None:
+        return known.path
     return source if is_repo_id(source) and "." not in source.split("/")[-1] else "original"
 
 
 def _pretty_name(meta: Mapping[str, Any]) -> str:
-    lowered = str(meta["source"]).lower()
-    label = next((name for needle, _, name in _KNOWN_SOURCES if needle in lowered), Path(str(meta["source"])).stem)
+    known = _public_source(str(meta["source"]))
+    label = known.label if known is not None else Path(str(meta["source"])).stem
     return f"sRecycled {label}: student-selected reflection-tuning data"
 
 

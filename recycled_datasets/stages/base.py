@@ -2,8 +2,8 @@
 
 A stage is built with everything it reads (the workdir, the ids of this build's rows, its settings); ``done``
 says whether its outputs already hold the result for exactly those inputs (the digest of the inputs is
-recorded next to the outputs), and ``run`` makes what is missing and returns a :class:`StageStats`. A stage
-that distributes (the score stage) takes ``rank`` and ``world_size``.
+recorded next to the outputs), and ``run`` makes what is missing and returns a :class:`StageStats`. The
+score stage distributes under ``torchrun``: the scorer reads each rank's place from torchrun's environment.
 """
 
 from __future__ import annotations
@@ -57,9 +57,7 @@ class Stage(ABC):
     """One step of the build (see the module docstring)."""
 
     name: ClassVar[str]
-
-    def __init__(self, workdir: Workdir) -> None:
-        self.workdir = workdir
+    workdir: Workdir  # every stage is a dataclass whose first field is its workdir
 
     @abstractmethod
     def done(self) -> bool:

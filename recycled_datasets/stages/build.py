@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recycled_datasets.errors import ConfigError
 from recycled_datasets.models import StudentSpec
@@ -25,6 +26,9 @@ from recycled_datasets.stages.source import SourceInfo, load_source, rows_from_f
 from recycled_datasets.teacher.gates import GateConfig
 from recycled_datasets.workdir import Workdir, check_config_name
 from recycled_datasets.workdir.tables import read_reflections
+
+if TYPE_CHECKING:
+    from recycled_datasets.teacher.config import TeacherClient
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class BuildConfig:
         release: write DIR/dataset at the end.
         gates: the quality gates of the teacher's sections (a change re-judges stored answers).
         prompts: the user's reflection prompt files (default: the packaged prompts).
+        client: how the teacher client talks to its servers (default: its defaults).
     """
 
     workdir: Path
@@ -61,6 +66,7 @@ class BuildConfig:
     release: bool = True
     gates: GateConfig = field(default_factory=GateConfig)
     prompts: PromptFiles = field(default_factory=PromptFiles)
+    client: TeacherClient | None = None
 
     def __post_init__(self) -> None:
         check_config_name(self.student.key)
@@ -105,7 +111,15 @@ def stages_of(config: BuildConfig, info: SourceInfo) -> list[Stage]:
     ids = [r.id for r in info.rows]
     stages: list[Stage] = [
         ReflectStage(
-            wd, info.rows, config.teacher, info.name, info.license, config.max_new_tokens, config.gates, config.prompts
+            wd,
+            info.rows,
+            config.teacher,
+            info.name,
+            info.license,
+            config.max_new_tokens,
+            config.gates,
+            config.prompts,
+            config.client,
         ),
         ScoreStage(wd, ids, config.student, config.scoring),
         SelectStage(wd, config.student.key, config.selection, ids),
@@ -133,7 +147,10 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
     seconds = {"source": round(time.monotonic() - start, 3)}
     stats: dict[str, StageStats] = {}
     dist = dist_info()
-    for stage in stages_of(config, info):
+    rows, skipped, stages = len(info.rows), info.skipped, stages_of(config, info)
+    del info  # the source rows live in the reflect stage, and go with it once it has run
+    while stages:
+        stage = stages.pop(0)  # a stage that has run is dropped with its caches (pairs, rows)
         if dist.world > 1 and stage.name == "reflect" and not stage.done():
             raise ConfigError(
                 f"under torchrun the ranks only score: the teacher pass of {config.workdir} is not finished; finish "
@@ -146,4 +163,4 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
         if stage.name == until or (stage.name == "score" and not dist.main):
             break
     dataset = stats["release"].detail["root"] if "release" in stats else None
-    return BuildResult(Path(config.workdir), config.student.key, len(info.rows), info.skipped, stats, dataset, seconds)
+    return BuildResult(Path(config.workdir), config.student.key, rows, skipped, stats, dataset, seconds)

@@ -23,8 +23,8 @@ from recycled_datasets.models import StudentSpec
 from recycled_datasets.records import SCORE_COLUMNS, VARIANTS
 from recycled_datasets.scoring import STATUS_MISSING, STATUS_OK
 from recycled_datasets.stages.reference import REFERENCE_SPLITS, _reference_splits
-from recycled_datasets.stages.score import pairs_digest, pairs_of
 from recycled_datasets.workdir import Workdir
+from recycled_datasets.workdir.pairs import pairs_digest, pairs_of
 from recycled_datasets.workdir.tables import read_reflections, write_scores
 
 # The reference script's list order -> this project's loss columns.

@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.chat import reflection_columns, with_context
-from recycled_datasets.errors import ConfigError, StoreError
+from recycled_datasets.errors import ConfigError
 from recycled_datasets.records import REFLECTION_COLUMNS, VARIANTS, SourceRow
 from recycled_datasets.stages.base import Stage, StageStats, counts
 from recycled_datasets.stages.source import rows_from_frame
 from recycled_datasets.teacher.gates import GateConfig, reason_counts
 from recycled_datasets.workdir import Workdir
-from recycled_datasets.workdir.tables import has_reflections, read_reflections, write_reflections
+from recycled_datasets.workdir.tables import has_reflections, read_reflections, rows_of, write_reflections
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from recycled_datasets.teacher.config import TeacherClient
 
 logger = logging.getLogger(__name__)
 
@@ -87,19 +89,6 @@ class PromptFiles:
         return files
 
 
-def rows_of(reflections: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
-    """The reflections of ``ids``, in that order."""
-    import polars as pl
-
-    order = pl.DataFrame({"id": list(ids)}, schema={"id": pl.String})
-    frame = order.join(reflections, on="id", how="left", maintain_order="left")
-    frame = frame.select(reflection_columns(frame.columns))
-    lost = frame.filter(pl.col("ori_output").is_null())["id"]
-    if lost.len():
-        raise StoreError(f"the reflections lack {lost.len()} rows (e.g. {lost[0]}); rebuild them with srecycle build")
-    return frame
-
-
 def _frame_of(result: Any, rows: Sequence[SourceRow]) -> pl.DataFrame:
     import polars as pl
 
@@ -122,6 +111,7 @@ class ReflectStage(Stage):
             with, else the teacher stage's default), so that one workdir's requests share one budget.
         gates: the quality gates the teacher's sections are judged with.
         prompts: the user's prompt files (``None``: the packaged prompts).
+        client: how the teacher client talks to its servers (``None``: its defaults).
     """
 
     name = "reflect"
@@ -134,6 +124,7 @@ class ReflectStage(Stage):
     max_new_tokens: int | None = None
     gates: GateConfig | None = None
     prompts: PromptFiles | None = None
+    client: TeacherClient | None = None
 
     def __post_init__(self) -> None:
         self.gates = self.gates or GateConfig()
@@ -165,6 +156,7 @@ class ReflectStage(Stage):
             instruction_prompt=self.prompts.instruction,
             response_prompt=self.prompts.response,
             prompt_version=self.prompts.version,
+            **(self.client.options() if self.client is not None else {}),
         )
         return replace(config, **changes)
 

@@ -9,24 +9,20 @@ mixes two conventions. Finished sequences are checkpointed in
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from recycled_datasets.chat import contexts_of
 from recycled_datasets.models import StudentSpec
-from recycled_datasets.records import SCORE_COLUMNS, VARIANTS, Pair
+from recycled_datasets.records import SCORE_COLUMNS, Pair
 from recycled_datasets.scoring import ScoreConfig
 from recycled_datasets.stages.base import Stage, StageStats
 from recycled_datasets.stages.reflect import read_rows
 from recycled_datasets.workdir import Workdir
+from recycled_datasets.workdir.pairs import pairs_digest, pairs_of
 from recycled_datasets.workdir.tables import read_scores_meta, write_scores
-
-if TYPE_CHECKING:
-    import polars as pl
 
 logger = logging.getLogger(__name__)
 
@@ -45,31 +41,6 @@ def student_record(spec: StudentSpec, settings: ScoreConfig, pairs: Sequence[Pai
         "dtype": settings.dtype or spec.dtype,
         "base_model": spec.hub_id,
     }
-
-
-def pairs_of(reflections: pl.DataFrame) -> tuple[list[str], list[str], list[Pair]]:
-    """Every variant of every row as a pair to score, row by row in source order, variants in VARIANTS order."""
-    ids: list[str] = []
-    variants: list[str] = []
-    pairs: list[Pair] = []
-    # A chat row's context is shared by its variants: ins/both replace the last user turn and keep the rest.
-    for r, context in zip(reflections.iter_rows(named=True), contexts_of(reflections), strict=True):
-        for v in VARIANTS:
-            ids.append(r["id"])
-            variants.append(v)
-            pairs.append(Pair(r[f"{v}_instruction"], r[f"{v}_input"] or "", r[f"{v}_output"], context))
-    return ids, variants, pairs
-
-
-def pairs_digest(pairs: Sequence[Pair]) -> str:
-    """A digest of every pair's text (and chat context), in order: the scores' record of their inputs."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update("\x1f".join((p.instruction, p.input, p.output)).encode("utf-8"))
-        for turn in p.context:  # nothing for rows without context, so their digests stay as they were
-            h.update(f"\x1d{turn.role}\x1f{turn.content}".encode())
-        h.update(b"\x1e")
-    return h.hexdigest()
 
 
 @dataclass

@@ -16,11 +16,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The public Hub sets that ``--source alpaca|wizardlm`` name, and the licenses they are published under.
-HUB_SOURCES: dict[str, str] = {"alpaca": "tatsu-lab/alpaca", "wizardlm": "WizardLMTeam/WizardLM_evol_instruct_70k"}
-SOURCE_LICENSES: dict[str, str] = {"tatsu-lab/alpaca": "cc-by-nc-4.0"}
 SAMPLE_NAME = "sample"
-SAMPLE_SOURCE = "recycled_datasets/data/sample.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,23 +38,23 @@ def sample_path() -> Path:
 
 def load_source(source: str, *, limit: int | None = None, skip_invalid: bool = False) -> SourceInfo:
     """Read ``source``: ``alpaca``/``wizardlm`` (the public Hub sets), ``sample``, or a file/folder/Hub id."""
-    from recycled_datasets.sources import read_source
+    from recycled_datasets.sources import known_source, license_of, read_source
 
-    if source in HUB_SOURCES:
-        hub_id = HUB_SOURCES[source]
+    known = known_source(source)
+    if known is not None and known.public and source == known.name:
         try:
-            data = read_source(hub_id, skip_invalid=skip_invalid, limit=limit)
+            data = read_source(known.path, skip_invalid=skip_invalid, limit=limit)
         except InputError as e:
             raise InputError(
-                f"could not load the public set {hub_id} through datasets (no network?): {e}. "
+                f"could not load the public set {known.path} through datasets (no network?): {e}. "
                 f"Download it elsewhere and pass the local file of that form with --source PATH"
             ) from e
-        return SourceInfo(data.rows, hub_id, SOURCE_LICENSES.get(hub_id, "other"), len(data.invalid))
-    if source == SAMPLE_NAME:
+        return SourceInfo(data.rows, known.path, known.license, len(data.invalid))
+    if known is not None and source == SAMPLE_NAME:
         data = read_source(sample_path(), skip_invalid=skip_invalid, limit=limit)
-        return SourceInfo(data.rows, SAMPLE_SOURCE, "apache-2.0", len(data.invalid))
+        return SourceInfo(data.rows, known.path, known.license, len(data.invalid))
     data = read_source(source, skip_invalid=skip_invalid, limit=limit)
-    return SourceInfo(data.rows, source, "other", len(data.invalid))
+    return SourceInfo(data.rows, source, license_of(source), len(data.invalid))  # a public set's Hub id: its licence
 
 
 def rows_from_frame(frame: pl.DataFrame) -> list[SourceRow]:

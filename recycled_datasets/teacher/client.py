@@ -34,7 +34,6 @@ from recycled_datasets.teacher.replicas import Cooldown, Replicas
 from recycled_datasets.teacher.transport import (
     APIS,
     DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_RETRY_SECONDS,
     DEFAULT_TIMEOUT,
     NotReady,
     RetryPolicy,
@@ -42,13 +41,11 @@ from recycled_datasets.teacher.transport import (
     _check_budget,
     _connection_pool,
     _inference_client,
-    _retry_after,
     _short,
     classify,
     read_info,
     send_within,
     split_credentials,
-    split_urls,
     teacher_token,
     wait_healthy,
 )
@@ -61,21 +58,7 @@ logger = logging.getLogger(__name__)
 # Once one replica is ready, how much longer the others have to get ready before they start set aside.
 READY_GRACE = 2.0
 
-# Names other modules and tests reach through this module.
-__all__ = [
-    "APIS",
-    "DEFAULT_MAX_RETRY_SECONDS",
-    "DEFAULT_TIMEOUT",
-    "CallStats",
-    "HttpTeacher",
-    "Rejected",
-    "Reply",
-    "RetryPolicy",
-    "ServerLimits",
-    "_retry_after",
-    "split_urls",
-    "teacher_token",
-]
+__all__ = ["HttpTeacher"]
 
 
 @dataclass

@@ -53,6 +53,49 @@ DEFAULT_MAX_NEW_TOKENS_HTTP = 2048
 DEFAULT_MAX_NEW_TOKENS_LOCAL = 256
 
 
+@dataclass(frozen=True, slots=True)
+class TeacherClient:
+    """How a run talks to its teacher servers, apart from what it asks: ``srecycle reflect`` and ``srecycle
+    build`` (and a builder's ``teacher_client=``) take the same options. None of them changes a reply's cache key
+    except ``teacher_name``, which names a server that reports no model.
+
+    Attributes:
+        concurrency: requests in flight per server (default: the server's ``max_concurrent_requests`` from
+            ``/info``, else 16); for the local teacher, the generation batch size (default 8).
+        api: ``chat`` (``/v1/chat/completions``, every server) or ``generate`` (TGI's native route with the
+            teacher's chat template applied here; needs ``tokenizer`` or a Hub model id the server reports).
+        tokenizer: the teacher's tokenizer (students-table key, Hub id or folder), for exact prompt lengths.
+        teacher_name: the model name to cache answers under when the server does not report one.
+        timeout: seconds to wait for one answer before retrying it.
+        health_timeout: seconds to wait at start for the servers to report healthy (``--wait-ready``).
+        max_retries: retries per request for 429, 5xx, timeouts and dropped connections.
+        max_retry_seconds: the most one request may take, attempts and waits together (``--max-retry-time``).
+    """
+
+    concurrency: int | None = None
+    api: str = "chat"
+    tokenizer: str | None = None
+    teacher_name: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    health_timeout: float = 300.0
+    max_retries: int = 8
+    max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.api not in APIS:
+            raise ConfigError(f"unknown --api {self.api!r}: choose {' or '.join(APIS)}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
+        if min(self.timeout, self.health_timeout, self.max_retry_seconds) <= 0:
+            raise ConfigError("timeouts must be positive numbers of seconds")
+        if self.max_retries < 0:
+            raise ConfigError("max_retries must be >= 0")
+
+    def options(self) -> dict[str, Any]:
+        """The fields, as keyword arguments of :class:`ReflectConfig`."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
 def is_local(teacher: str) -> bool:
     return teacher == "local" or teacher.startswith("local:")
 
@@ -133,18 +176,21 @@ class ReflectConfig:
             local_model_key(self.teacher)
         else:
             split_urls(self.teacher)
-        if self.api not in APIS:
-            raise ConfigError(f"unknown --api {self.api!r}: choose {' or '.join(APIS)}")
-        for name in ("concurrency", "max_new_tokens", "limit"):
+        self.client()  # checks the client's options
+        for name in ("max_new_tokens", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.temperature < 0 or self.retry_temperature < 0:
             raise ConfigError("temperatures must be >= 0 (0 is greedy decoding)")
-        if min(self.timeout, self.health_timeout, self.max_retry_seconds, self.replica_cooldown) <= 0:
-            raise ConfigError("timeouts and the replica cool-down must be positive numbers of seconds")
-        if self.max_retries < 0 or self.backoff_base < 0 or self.backoff_max < 0:
-            raise ConfigError("max_retries and the backoff delays must be >= 0")
+        if self.replica_cooldown <= 0:
+            raise ConfigError("the replica cool-down must be a positive number of seconds")
+        if self.backoff_base < 0 or self.backoff_max < 0:
+            raise ConfigError("the backoff delays must be >= 0")
+
+    def client(self) -> TeacherClient:
+        """The client options among the fields."""
+        return TeacherClient(**{name: getattr(self, name) for name in TeacherClient.__dataclass_fields__})
 
     @property
     def output_budget(self) -> int:

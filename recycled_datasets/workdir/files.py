@@ -1,7 +1,7 @@
 """Durable, deterministic, verified file writes shared by every stage.
 
 Whole files appear atomically (a temporary name of this run's own, then a rename), so a reader or a resumed
-run never sees half a file; the same data always gives the same bytes (one row group, fixed compression, no
+run never sees half a file; the same data always gives the same bytes (fixed row groups and compression, no
 varying metadata), so two builds from the same inputs are byte-identical.
 
 Every stage file also gets a digest beside it (``.NAME.sha256``), and parquet carries page checksums; the
@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -150,35 +150,50 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 def write_table(table: pa.Table, path: Path, *, digest: bool = True) -> Path:
     """Write an arrow table as parquet with the project's fixed options (page checksums on), atomically."""
+    write_tables([table], table.schema, path, digest=digest)
+    return path
+
+
+def write_tables(tables: Iterable[pa.Table], schema: pa.Schema, path: Path, *, digest: bool = True) -> tuple[int, int]:
+    """Write a stream of tables of ``schema`` as one parquet file, atomically, holding one table at a time.
+
+    Each table becomes row groups of at most :data:`ROW_GROUP_ROWS` rows; one table gives the bytes
+    :func:`write_table` gives. Returns the rows and the in-memory bytes (arrow's ``nbytes``) written.
+    """
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _temp_name(path)
     except OSError as e:
         raise cannot_write(path, e) from e
+    rows = nbytes = 0
     try:
-        _write_parquet_file(table, tmp)
-        return _commit(tmp, path, digest)
+        with _parquet_writer(tmp, schema) as writer:
+            for table in tables:
+                writer.write_table(table.replace_schema_metadata(None), row_group_size=ROW_GROUP_ROWS)
+                rows, nbytes = rows + table.num_rows, nbytes + table.nbytes
+        _commit(tmp, path, digest)
     except OSError as e:  # pyarrow's own IO errors are OSErrors too
         raise cannot_write(path, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+    return rows, nbytes
 
 
-def _write_parquet_file(table: pa.Table, tmp: Path) -> None:
+def _parquet_writer(tmp: Path, schema: pa.Schema) -> Any:
     import pyarrow.parquet as pq
 
-    pq.write_table(
-        table.replace_schema_metadata(None),
-        tmp,
-        compression="zstd",
-        compression_level=3,
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=True,
-        write_statistics=True,
-        store_schema=False,
-        write_page_checksum=True,
-    )
+    return pq.ParquetWriter(tmp, schema.remove_metadata(), **_PARQUET_OPTIONS)
+
+
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": True,
+    "write_statistics": True,
+    "store_schema": False,
+    "write_page_checksum": True,
+}
 
 
 # ---- verified reads ---------------------------------------------------------------------------------------
@@ -234,3 +249,11 @@ def read_json(path: Path, regenerate: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise _damaged(path, "not a JSON object", regenerate)
     return data
+
+
+def recorded_digest(path: Path) -> str:
+    """The sha256 recorded beside a stage file, or, where it was lost (``cp dir/*`` skips dot-files), the file's."""
+    try:
+        return digest_path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()

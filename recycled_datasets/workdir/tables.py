@@ -197,3 +197,16 @@ def read_report(workdir: Workdir | Path, key: str) -> dict[str, Any]:
     wd = as_workdir(workdir)
     files = wd.student(key)
     return read_json(files.report, wd.command(files.report.name, key))
+
+
+def rows_of(reflections: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
+    """The reflections of ``ids``, in that order."""
+    import polars as pl
+
+    order = pl.DataFrame({"id": list(ids)}, schema={"id": pl.String})
+    frame = order.join(reflections, on="id", how="left", maintain_order="left")
+    frame = frame.select(reflection_columns(frame.columns))
+    lost = frame.filter(pl.col("ori_output").is_null())["id"]
+    if lost.len():
+        raise StoreError(f"the reflections lack {lost.len()} rows (e.g. {lost[0]}); rebuild them with srecycle build")
+    return frame

@@ -1,10 +1,14 @@
 """The release views of a workdir: what a student config, the ``reflections`` config and the ``scores``
 config hold. The release tree and the ``datasets`` builders both write exactly these tables.
+
+Each view is a stream of tables of at most :data:`BATCH_ROWS` rows, in the config's row order, so a 70k-row
+source's release is never built whole in Python objects: the text moves as arrow columns, and only a batch's
+rows are ever turned into chat turns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,15 +36,22 @@ from recycled_datasets.workdir.tables import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+BATCH_ROWS = 8192  # rows of a view per table: bounds the Python objects of the chat columns
 
-def release_subset(workdir: Workdir | Path, key: str) -> pa.Table:
+
+def release_subset(workdir: Workdir | Path, key: str) -> Iterator[pa.Table]:
     """Student ``key``'s config: its subset with the row as chat turns (``messages``, ``prompt``, ``completion``)."""
-    table = read_subset_table(as_workdir(workdir), key)
-    plain = conform(table, subset_schema())
-    return conform(add_chat_columns(plain, contexts_of(table)), release_subset_schema())
+    return chat_subset(read_subset_table(as_workdir(workdir), key))
 
 
-def long_reflections(wide: pa.Table) -> pa.Table:
+def chat_subset(table: pa.Table) -> Iterator[pa.Table]:
+    """A subset table (as read from ``subset.parquet``) as its config's rows: :func:`release_subset`."""
+    for start in range(0, table.num_rows, BATCH_ROWS):
+        part = table.slice(start, BATCH_ROWS)
+        yield conform(add_chat_columns(conform(part, subset_schema()), contexts_of(part)), release_subset_schema())
+
+
+def long_reflections(wide: pa.Table) -> Iterator[pa.Table]:
     """One row per (source row, variant), source order then ori, ins, res, both, with the row as chat turns.
 
     Long rather than wide, so the config has the subsets' instruction/input/output columns and a variant is
@@ -48,71 +59,72 @@ def long_reflections(wide: pa.Table) -> pa.Table:
     """
     import pyarrow as pa
 
-    n = wide.num_rows
-    columns: dict[str, list] = {c: [] for c in REFLECTIONS_LONG_COLUMNS}
-    ids = wide.column("id").to_pylist()
-    index = wide.column("source_index").to_pylist()
-    per_variant = {
-        v: {
-            f: wide.column(f"{v}_{f}").to_pylist()
-            for f in (*TEXT_FIELDS, *(("status", "detail") if v != "ori" else ()))
-        }
-        for v in VARIANTS
-    }
-    for row in range(n):
+    schema = pa.schema([reflections_long_schema().field(c) for c in REFLECTIONS_LONG_COLUMNS])
+    step = max(1, BATCH_ROWS // len(VARIANTS))
+    for start in range(0, wide.num_rows, step):
+        part = wide.slice(start, step)
+        n = part.num_rows
+        blocks = []  # variant-major; taken below into source order, variants in VARIANTS order
         for v in VARIANTS:
-            cols = per_variant[v]
-            columns["id"].append(ids[row])
-            columns["source_index"].append(index[row])
-            columns["variant"].append(v)
-            for f in TEXT_FIELDS:
-                columns[f].append(cols[f][row])
-            columns["status"].append(cols["status"][row] if v != "ori" else "ok")
-            columns["detail"].append(cols["detail"][row] if v != "ori" else None)
-    plain = pa.table(columns, schema=pa.schema([reflections_long_schema().field(c) for c in REFLECTIONS_LONG_COLUMNS]))
-    contexts = [context for context in contexts_of(wide) for _ in VARIANTS]
-    return conform(add_chat_columns(plain, contexts), reflections_long_schema())
+            teacher = v != "ori"
+            columns = {
+                "id": part.column("id"),
+                "source_index": part.column("source_index"),
+                "variant": pa.array([v] * n, pa.string()),
+                **{f: part.column(f"{v}_{f}") for f in TEXT_FIELDS},
+                "status": part.column(f"{v}_status") if teacher else pa.array(["ok"] * n, pa.string()),
+                "detail": part.column(f"{v}_detail") if teacher else pa.nulls(n, pa.string()),
+            }
+            blocks.append(conform(pa.table(columns), schema))
+        order = pa.array([k * n + r for r in range(n) for k in range(len(VARIANTS))], pa.int64())
+        plain = pa.concat_tables(blocks).take(order)
+        contexts = [context for context in contexts_of(part) for _ in VARIANTS]
+        yield conform(add_chat_columns(plain, contexts), reflections_long_schema())
 
 
-def release_reflections(workdir: Workdir | Path) -> pa.Table:
+def release_reflections(workdir: Workdir | Path) -> Iterator[pa.Table]:
     """The ``reflections`` config: every variant of every source row (student independent)."""
     return long_reflections(read_reflections_table(as_workdir(workdir)))
 
 
-def release_scores(workdir: Workdir | Path, keys: Sequence[str]) -> pa.Table:
+def release_scores(workdir: Workdir | Path, keys: Sequence[str]) -> Iterator[pa.Table]:
     """The ``scores`` config: for each student in ``keys`` (in that order), every variant it scored, with the
     variant's text, so others can cut their own subsets from the same scores."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     wd = as_workdir(workdir)
     wide = read_reflections_table(wd)
-    ids = wide.column("id").to_pylist()
-    texts: dict[tuple[str, str], tuple[str, str, str]] = {}
-    for v in VARIANTS:
-        fields = [wide.column(f"{v}_{f}").to_pylist() for f in TEXT_FIELDS]
-        for row_id, instruction, input_, output in zip(ids, *fields, strict=True):
-            texts[(row_id, v)] = (instruction, input_ or "", output)
+    n = wide.num_rows
+    # Every variant's text, variant-major: the text of (row r, variant k) is at k * n + r.
+    texts = pa.concat_tables(
+        pa.table({f: pc.fill_null(wide.column(f"{v}_{f}"), "") if f == "input" else wide.column(f"{v}_{f}")
+                  for f in TEXT_FIELDS})
+        for v in VARIANTS
+    )  # fmt: skip
+    row_of = {row_id: r for r, row_id in enumerate(wide.column("id").to_pylist())}
+    variant_of = {v: k * n for k, v in enumerate(VARIANTS)}
     schema = release_scores_schema()
-    parts = []
     for key in keys:
         scores = conform(read_scores_table(wd, key), scores_schema())
-        found = [
-            texts.get(pair) for pair in zip(scores.column("id").to_pylist(), scores.column("variant").to_pylist())
-        ]
-        if any(t is None for t in found):
-            lost = next(i for i, t in enumerate(found) if t is None)
-            raise StoreError(
-                f"{wd.student(key).scores} scores a row that {wd.reflections} does not hold "
-                f"({scores.column('id')[lost].as_py()}); rebuild it with "
-                f"srecycle build --workdir {wd.root} --student {key}"
-            )
-        columns = {
-            "student": pa.array([key] * scores.num_rows, pa.string()),
-            **{c: scores.column(c) for c in ("id", "variant")},
-            **{f: pa.array([t[j] for t in found], pa.string()) for j, f in enumerate(TEXT_FIELDS)},
-            **{c: scores.column(c) for c in scores.column_names if c not in ("id", "variant")},
-        }
-        parts.append(conform(pa.table(columns), schema))
-    if not parts:
-        return schema.empty_table()
-    return pa.concat_tables(parts)
+        for start in range(0, scores.num_rows, BATCH_ROWS):
+            part = scores.slice(start, BATCH_ROWS)
+            pairs = zip(part.column("id").to_pylist(), part.column("variant").to_pylist(), strict=True)
+            at = [
+                variant_of[v] + row_of[row_id] if row_id in row_of and v in variant_of else None for row_id, v in pairs
+            ]
+            if None in at:
+                lost = at.index(None)
+                raise StoreError(
+                    f"{wd.student(key).scores} scores a row that {wd.reflections} does not hold "
+                    f"({part.column('id')[lost].as_py()}); rebuild it with "
+                    f"srecycle build --workdir {wd.root} --student {key}"
+                )
+            found = texts.take(pa.array(at, pa.int64()))
+            columns = {
+                "student": pa.array([key] * part.num_rows, pa.string()),
+                **{c: part.column(c) for c in ("id", "variant")},
+                **{f: found.column(f) for f in TEXT_FIELDS},
+                **{c: part.column(c) for c in part.column_names if c not in ("id", "variant")},
+            }
+            yield conform(pa.table(columns), schema)
