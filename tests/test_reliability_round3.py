@@ -151,15 +151,13 @@ def test_a_finished_finetune_rerun_changes_nothing(release: Path, tiny_llama_dir
 # ---- 4. an interrupt prints one line and exits 130 -----------------------------------------------------------
 @pytest.mark.parametrize("command", ["reflect", "build", "push", "finetune"])
 def test_an_interrupt_says_so_and_exits_130(command: str, wd: Path, tmp_path: Path, capsys, monkeypatch):
-    import recycled_datasets.cli.build
     import recycled_datasets.progress
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    # Every command sets up logging first: the interrupt comes while it runs.
-    for module in (recycled_datasets.progress, recycled_datasets.cli.build):
-        monkeypatch.setattr(module, "setup_logging", interrupted)
+    # Every command sets up logging first (cli/__init__.py's wrapper): the interrupt comes while it runs.
+    monkeypatch.setattr(recycled_datasets.progress, "setup_logging", interrupted)
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi."}) + "\n")
     args = {

@@ -7,7 +7,6 @@ torch and transformers are imported inside the functions that run the work.
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 import threading
@@ -50,13 +49,13 @@ def _root(
 
 def _logged(command: Callable[..., Any]) -> Callable[..., Any]:
     """``command`` with logging set up first: warnings and errors only, and no progress bars, with ``--quiet``
-    and on every process but the first of a torchrun or accelerate launch (``RANK`` > 0)."""
+    (``score`` and ``finetune`` also quiet every process but the first of a torchrun or accelerate launch)."""
 
     @functools.wraps(command)  # typer reads the options from the wrapped signature
     def run(*args: Any, **kwargs: Any) -> Any:
         from recycled_datasets.progress import set_quiet, setup_logging
 
-        quiet = bool(kwargs.get("quiet")) or os.environ.get("RANK", "0") not in ("", "0")
+        quiet = bool(kwargs.get("quiet"))
         setup_logging(quiet=quiet)
         set_quiet(quiet)
         return command(*args, **kwargs)

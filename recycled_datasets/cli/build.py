@@ -35,6 +35,7 @@ from recycled_datasets.cli.options import (
     Timeout,
     WaitReady,
     Workdir,
+    teacher_client,
 )
 from recycled_datasets.cli.reflect import PromptInstruction, PromptResponse, PromptVersion
 from recycled_datasets.progress import console
@@ -150,7 +151,6 @@ def build(
 
     from recycled_datasets.builders import SRecycledConfig, run_student
     from recycled_datasets.models import resolve_student
-    from recycled_datasets.teacher.config import TeacherClient
     from recycled_datasets.workdir import check_config_name
 
     started = time.monotonic()
@@ -179,15 +179,8 @@ def build(
         prompt_instruction=prompt_instruction,
         prompt_response=prompt_response,
         prompt_version=prompt_version,
-        teacher_client=TeacherClient(
-            concurrency=concurrency,
-            api=api,
-            tokenizer=tokenizer,
-            teacher_name=teacher_name,
-            timeout=timeout,
-            health_timeout=wait_ready,
-            max_retries=max_retries,
-            max_retry_seconds=max_retry_time,
+        teacher_client=teacher_client(
+            concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time
         ),
     )
     result = run_student(config, release=True)

@@ -73,10 +73,13 @@ def finetune(
     """Fine-tune a student on its subset (TRL SFT, loss on the response only); reruns resume; --push uploads."""
     from recycled_datasets.finetune import FinetuneConfig
     from recycled_datasets.finetune import finetune as run_finetune
-    from recycled_datasets.progress import console
+    from recycled_datasets.progress import console, set_quiet, setup_logging
 
     # Under accelerate/torchrun every process runs this command; only the first one reports.
-    quiet = quiet or int(os.environ.get("RANK", "0")) != 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        quiet = True
+        setup_logging(quiet=True)
+        set_quiet(True)
     settings = FinetuneConfig(
         dataset=dataset,
         config=config,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -79,7 +79,24 @@ GateOff = Annotated[
     ),
 ]
 
+
 # How the teacher client talks to its servers (``srecycle reflect`` and ``srecycle build``): TeacherClient's fields.
+def teacher_client(
+    concurrency: int | None,
+    api: str,
+    tokenizer: str | None,
+    teacher_name: str | None,
+    timeout: float,
+    wait_ready: float,
+    max_retries: int,
+    max_retry_time: float,
+) -> Any:  # -> TeacherClient (imported when a command runs: --help stays instant)
+    """The options below as one :class:`~recycled_datasets.teacher.config.TeacherClient`, which checks them."""
+    from recycled_datasets.teacher.config import TeacherClient
+
+    return TeacherClient(concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time)
+
+
 Concurrency = Annotated[
     int | None,
     typer.Option(

@@ -22,6 +22,7 @@ from recycled_datasets.cli.options import (
     TeacherTokenizer,
     Timeout,
     WaitReady,
+    teacher_client,
 )
 
 if TYPE_CHECKING:
@@ -98,7 +99,6 @@ def reflect(
     config = ReflectConfig(
         teacher=teacher,
         store_dir=store if store is not None else output.parent / "teacher",
-        concurrency=concurrency,
         max_new_tokens=max_new_tokens,
         limit=limit,
         temperature=temperature,
@@ -106,14 +106,10 @@ def reflect(
         instruction_prompt=prompt_instruction,
         response_prompt=prompt_response,
         prompt_version=prompt_version,
-        api=api,
-        tokenizer=tokenizer,
-        teacher_name=teacher_name,
-        timeout=timeout,
-        health_timeout=wait_ready,
-        max_retries=max_retries,
-        max_retry_seconds=max_retry_time,
         retry_rejected=retry_rejected,
+        **teacher_client(
+            concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time
+        ).options(),
         gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)

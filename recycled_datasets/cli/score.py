@@ -41,9 +41,13 @@ def score(
     Resumable: finished work is checkpointed next to OUTPUT, and a rerun after a crash continues from it.
     Runs on several devices under `torchrun --nproc-per-node N $(which srecycle) score ...`.
     """
+    from recycled_datasets.progress import set_quiet, setup_logging
     from recycled_datasets.scoring import dist_info
 
     dist = dist_info()
+    if not dist.main:  # under torchrun only the first rank reports
+        setup_logging(quiet=True)
+        set_quiet(True)
 
     import time
 

@@ -108,8 +108,6 @@ class ReflectConfig:
         teacher: server URL(s), comma-separated (``http://host:8080`` for TGI, ``http://host:port/v1`` for
             OpenAI-compatible), or ``local[:MODEL]`` for the in-process transformers teacher.
         store_dir: folder of the answer store (``DIR/teacher`` in a workdir).
-        concurrency: requests in flight per server (default: the server's ``max_concurrent_requests`` from
-            ``/info``, else 16); for the local teacher, the generation batch size (default 8).
         max_new_tokens: output budget per call (default 2048 for servers, the reference's cap, and 256 for the
             local teacher), lowered per request to what the server's context leaves after the prompt when the
             server announces its context (TGI ``/info`` ``max_total_tokens``, vLLM ``/v1/models``
@@ -121,14 +119,8 @@ class ReflectConfig:
         instruction_prompt / response_prompt: the user's prompt files (see ``teacher/prompts.py``).
         prompt_version: the name answers are cached under (default: the packaged version, or a hash of the
             user's prompt files).
-        api: ``chat`` (``/v1/chat/completions``, every server) or ``generate`` (TGI's native route with the
-            teacher's chat template applied here; needs ``tokenizer`` or a Hub model id the server reports).
-        tokenizer: the teacher's tokenizer (students-table key, Hub id or folder), for exact prompt lengths.
-        teacher_name: the model name to cache answers under when the server does not report one.
-        timeout: seconds to wait for one answer before retrying it (default 300).
-        health_timeout: seconds to wait at start for the servers to report healthy.
-        max_retries: retries per request for 429, 5xx, timeouts and dropped connections.
-        max_retry_seconds: the most one request may take, attempts and waits together (default 1800).
+        concurrency, api, tokenizer, teacher_name, timeout, health_timeout, max_retries, max_retry_seconds: how
+            the client talks to its servers, as :class:`TeacherClient` describes them (:meth:`client`).
         backoff_base / backoff_max: the retry delay is ``backoff_base * 2**attempt`` (jittered), capped.
         replica_cooldown: with several teacher URLs, seconds a replica that keeps failing is set aside before one
             request probes it (doubling while it keeps failing, up to 10 minutes); see ``teacher/replicas.py``.
