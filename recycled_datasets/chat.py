@@ -12,7 +12,7 @@ response), with the same id and the same scores. See docs/method.md for the meth
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import InputError
@@ -128,17 +128,16 @@ def split_turns(
 
 
 # ---- the context in the workdir's tables ------------------------------------------------------------------
-def context_to_json(context: Sequence[Turn]) -> str | None:
-    """The context as stored in the ``context`` column: JSON turns, or null for a row without earlier turns."""
-    if not context:
-        return None
-    return json.dumps([{"role": t.role, "content": t.content} for t in context], ensure_ascii=False)
+def context_cell(context: Sequence[Turn]) -> list[dict[str, str]] | None:
+    """The context as stored in the ``context`` column (:func:`message_type`), or null for a row without one."""
+    return [{"role": t.role, "content": t.content} for t in context] or None
 
 
-def context_from_json(text: str | None) -> tuple[Turn, ...]:
-    if not text:
-        return ()
-    return tuple(Turn(t["role"], t["content"]) for t in json.loads(text))
+def context_of(cell: Sequence[Mapping[str, str]] | str | None) -> tuple[Turn, ...]:
+    """A ``context`` cell as turns. A workdir written before the column was typed holds JSON text: read too."""
+    if isinstance(cell, str):
+        cell = json.loads(cell)
+    return tuple(Turn(t["role"], t["content"]) for t in cell or ())
 
 
 def reflection_columns(columns: Sequence[str]) -> list[str]:
@@ -152,7 +151,8 @@ def with_context(frame: Any, rows: Sequence[Any]) -> Any:
 
     if not any(r.context for r in rows):
         return frame
-    return frame.with_columns(pl.Series(CONTEXT_COLUMN, [context_to_json(r.context) for r in rows], dtype=pl.String))
+    kind = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    return frame.with_columns(pl.Series(CONTEXT_COLUMN, [context_cell(r.context) for r in rows], dtype=kind))
 
 
 def contexts_of(frame: Any) -> list[tuple[Turn, ...]]:
@@ -160,8 +160,8 @@ def contexts_of(frame: Any) -> list[tuple[Turn, ...]]:
     arrow = hasattr(frame, "column_names")
     if CONTEXT_COLUMN not in (frame.column_names if arrow else frame.columns):
         return [()] * len(frame)
-    texts = frame.column(CONTEXT_COLUMN).to_pylist() if arrow else frame[CONTEXT_COLUMN].to_list()
-    return [context_from_json(text) for text in texts]
+    cells = frame.column(CONTEXT_COLUMN).to_pylist() if arrow else frame[CONTEXT_COLUMN].to_list()
+    return [context_of(cell) for cell in cells]
 
 
 # ---- rows as turns again ----------------------------------------------------------------------------------

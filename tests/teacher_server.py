@@ -535,16 +535,17 @@ class Lognormal:
 
 def reflect_config(url: str, store: Path, **changes: Any) -> Any:
     """A ``ReflectConfig`` for this server: quick retries and timeouts, no fsync, no progress bar."""
-    from recycled_datasets.teacher import ReflectConfig
+    from recycled_datasets.teacher import ReflectConfig, TeacherClient
 
+    client = {"timeout": 5.0, "health_timeout": 5.0}
+    client.update({k: changes.pop(k) for k in list(changes) if k in TeacherClient.__dataclass_fields__})
     values: dict[str, Any] = dict(
         teacher=url,
         store_dir=store,
+        client=TeacherClient(**client),
         max_new_tokens=200,
         backoff_base=0.005,
         backoff_max=0.05,
-        timeout=5.0,
-        health_timeout=5.0,
         durable=False,
         progress=False,
     )

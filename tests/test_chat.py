@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -19,7 +20,7 @@ import torch
 from conftest import tiny_llama
 from teacher_server import Faults, TeacherServer, realistic_reply
 
-from recycled_datasets.chat import context_from_json, user_turn
+from recycled_datasets.chat import context_of, message_type, user_turn
 from recycled_datasets.cli import main
 from recycled_datasets.errors import InputError
 from recycled_datasets.models import load_tokenizer, resolve_student
@@ -29,6 +30,8 @@ from recycled_datasets.scoring.plan import Planner
 from recycled_datasets.sources import read_source
 from recycled_datasets.teacher.prompts import default_prompts
 from recycled_datasets.templates import VICUNA_SYSTEM, render_prompt
+from recycled_datasets.workdir.files import write_table
+from recycled_datasets.workdir.tables import read_reflections_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_SAMPLE = ROOT / "recycled_datasets" / "data" / "chat_sample.jsonl"
@@ -285,7 +288,7 @@ def test_build_counts_skipped_chat_rows_and_keeps_every_context(chat_build):
     assert "4 (2 invalid skipped)" in printed
     reflections = pl.read_parquet(workdir / "reflections.parquet")
     assert reflections.height == 4
-    contexts = [json.loads(c) if c else [] for c in reflections["context"]]
+    contexts = [c or [] for c in reflections["context"].to_list()]
     assert [[t["role"] for t in c] for c in contexts] == [
         ["system", "user", "assistant"],
         [],
@@ -313,7 +316,23 @@ def test_reflect_writes_the_context_beside_the_variants(recording_teacher, tmp_p
     table = pl.read_parquet(out)
     rows = read_source(CHAT_SAMPLE, limit=2).rows
     assert table["id"].to_list() == [r.id for r in rows]
-    assert [context_from_json(c) for c in table["context"]] == [r.context for r in rows]
+    assert [context_of(c) for c in table["context"].to_list()] == [r.context for r in rows]
+    # the earlier turns are typed like ``messages``, not JSON text to decode
+    assert pq.read_schema(out).field("context").type == message_type()
+
+
+def test_a_workdir_whose_context_is_json_text_reads_as_turns(chat_build, tmp_path):
+    """Workdirs written before the context column was typed held JSON text; they read the same turns."""
+    workdir, _ = chat_build
+    table = read_reflections_table(workdir)
+    turns = table.column("context").to_pylist()
+    text = pa.array([None if t is None else json.dumps(t) for t in turns], type=pa.string())
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    write_table(table.set_column(table.column_names.index("context"), "context", text), old / "reflections.parquet")
+    again = read_reflections_table(old)
+    assert again.schema.field("context").type == message_type()
+    assert again.column("context").to_pylist() == turns and any(turns)
 
 
 def test_release_configs_carry_messages_with_the_context(chat_build):

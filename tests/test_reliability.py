@@ -329,7 +329,7 @@ def test_a_rerun_whose_answers_are_all_stored_needs_no_server(tmp_path: Path, ca
     from recycled_datasets.records import assign_ids
     from recycled_datasets.teacher import ReflectConfig, reflect_rows
 
-    config = ReflectConfig(teacher=url, store_dir=tmp_path / "teacher", health_timeout=1.0, progress=False)
+    config = ReflectConfig(teacher=url, store_dir=tmp_path / "teacher", client={"health_timeout": 1.0}, progress=False)
     with pytest.raises(TeacherError, match="not ready after"):
         reflect_rows(assign_ids([("A new row.", "", "Its answer.")]), config)
 

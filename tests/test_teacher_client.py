@@ -81,7 +81,7 @@ rows = assign_ids([("Give three tips for staying healthy.", "", "Eat well, sleep
 with TeacherServer() as server, tempfile.TemporaryDirectory() as tmp:
     config = ReflectConfig(
         teacher=server.url, store_dir=Path(tmp) / "store", max_new_tokens=256, backoff_base=0.005,
-        backoff_max=0.05, timeout=5.0, health_timeout=5.0, durable=False, progress=False,
+        backoff_max=0.05, client={"timeout": 5.0, "health_timeout": 5.0}, durable=False, progress=False,
     )
     result = reflect_rows(rows, config)
     print(result.table["ins_status"].to_list(), result.table["both_status"].to_list(), server.generation_requests())

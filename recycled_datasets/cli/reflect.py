@@ -107,9 +107,9 @@ def reflect(
         response_prompt=prompt_response,
         prompt_version=prompt_version,
         retry_rejected=retry_rejected,
-        **teacher_client(
+        client=teacher_client(
             concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time
-        ).options(),
+        ),
         gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)

@@ -160,19 +160,22 @@ class JudgeConfig:
 
     def reflect_config(self) -> Any:
         """The same settings as a teacher configuration: the judge runs through the teacher's code."""
-        from recycled_datasets.teacher.config import ReflectConfig
+        from recycled_datasets.teacher.config import ReflectConfig, TeacherClient
 
+        client = TeacherClient(
+            concurrency=self.concurrency,
+            teacher_name=self.teacher_name,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
         return ReflectConfig(
             teacher=self.judge,
             store_dir=self.store_dir,
-            concurrency=self.concurrency,
+            client=client,
             max_new_tokens=self.max_new_tokens,
             temperature=0.0,
             seed=self.seed,
             retry_temperature=self.retry_temperature,
-            teacher_name=self.teacher_name,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
             backoff_base=self.backoff_base,
             backoff_max=self.backoff_max,
             progress=self.progress,

@@ -156,7 +156,7 @@ class ReflectStage(Stage):
             instruction_prompt=self.prompts.instruction,
             response_prompt=self.prompts.response,
             prompt_version=self.prompts.version,
-            **(self.client.options() if self.client is not None else {}),
+            **({"client": self.client} if self.client is not None else {}),
         )
         return replace(config, **changes)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recycled_datasets.chat import context_from_json
+from recycled_datasets.chat import context_of
 from recycled_datasets.errors import InputError
 from recycled_datasets.records import CONTEXT_COLUMN, SourceRow
 
@@ -66,7 +66,7 @@ def rows_from_frame(frame: pl.DataFrame) -> list[SourceRow]:
             r["ori_instruction"],
             r["ori_input"],
             r["ori_output"],
-            context_from_json(r.get(CONTEXT_COLUMN)),
+            context_of(r.get(CONTEXT_COLUMN)),
         )
         for r in frame.iter_rows(named=True)
     ]

@@ -8,7 +8,7 @@ versions, parser), ``replies`` (parsing and judging a reply), ``store`` (answers
 ``run`` (one run's requests), ``variants`` (a row's reflections), ``stage`` (the stage's entry points).
 """
 
-from recycled_datasets.teacher.config import ReflectConfig
+from recycled_datasets.teacher.config import ReflectConfig, TeacherClient
 from recycled_datasets.teacher.gates import GateConfig
 from recycled_datasets.teacher.prompts import DEFAULT_PROMPT_VERSION, PromptSet, load_prompts, parse_sections
 from recycled_datasets.teacher.run import ReflectStats
@@ -30,6 +30,7 @@ __all__ = [
     "ReflectPlan",
     "ReflectResult",
     "ReflectStats",
+    "TeacherClient",
     "load_prompts",
     "parse_sections",
     "plan_rows",

@@ -91,10 +91,6 @@ class TeacherClient:
         if self.max_retries < 0:
             raise ConfigError("max_retries must be >= 0")
 
-    def options(self) -> dict[str, Any]:
-        """The fields, as keyword arguments of :class:`ReflectConfig`."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
 
 def is_local(teacher: str) -> bool:
     return teacher == "local" or teacher.startswith("local:")
@@ -119,8 +115,7 @@ class ReflectConfig:
         instruction_prompt / response_prompt: the user's prompt files (see ``teacher/prompts.py``).
         prompt_version: the name answers are cached under (default: the packaged version, or a hash of the
             user's prompt files).
-        concurrency, api, tokenizer, teacher_name, timeout, health_timeout, max_retries, max_retry_seconds: how
-            the client talks to its servers, as :class:`TeacherClient` describes them (:meth:`client`).
+        client: how the client talks to its servers (:class:`TeacherClient`; a dict of its fields is accepted).
         backoff_base / backoff_max: the retry delay is ``backoff_base * 2**attempt`` (jittered), capped.
         replica_cooldown: with several teacher URLs, seconds a replica that keeps failing is set aside before one
             request probes it (doubling while it keeps failing, up to 10 minutes); see ``teacher/replicas.py``.
@@ -135,7 +130,7 @@ class ReflectConfig:
 
     teacher: str = "local"
     store_dir: Path = Path("teacher")
-    concurrency: int | None = None
+    client: TeacherClient = field(default_factory=TeacherClient)
     max_new_tokens: int | None = None
     limit: int | None = None
     temperature: float = 0.0
@@ -144,13 +139,6 @@ class ReflectConfig:
     instruction_prompt: Path | None = None
     response_prompt: Path | None = None
     prompt_version: str | None = None
-    api: str = "chat"
-    tokenizer: str | None = None
-    teacher_name: str | None = None
-    timeout: float = DEFAULT_TIMEOUT
-    health_timeout: float = 300.0
-    max_retries: int = 8
-    max_retry_seconds: float = DEFAULT_MAX_RETRY_SECONDS
     backoff_base: float = 1.0
     backoff_max: float = 60.0
     replica_cooldown: float = DEFAULT_COOLDOWN
@@ -168,7 +156,8 @@ class ReflectConfig:
             local_model_key(self.teacher)
         else:
             split_urls(self.teacher)
-        self.client()  # checks the client's options
+        if isinstance(self.client, dict):
+            self.client = TeacherClient(**self.client)
         for name in ("max_new_tokens", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -179,10 +168,6 @@ class ReflectConfig:
             raise ConfigError("the replica cool-down must be a positive number of seconds")
         if self.backoff_base < 0 or self.backoff_max < 0:
             raise ConfigError("the backoff delays must be >= 0")
-
-    def client(self) -> TeacherClient:
-        """The client options among the fields."""
-        return TeacherClient(**{name: getattr(self, name) for name in TeacherClient.__dataclass_fields__})
 
     @property
     def output_budget(self) -> int:
@@ -198,24 +183,25 @@ class ReflectConfig:
 def make_teacher(config: ReflectConfig, *, health_timeout: float | None = None) -> Teacher:
     """The teacher ``config`` names, not yet begun: the store alone with ``store_only``; the judge uses it too."""
     teacher: Teacher
+    client = config.client
     if is_local(config.teacher):
-        teacher = LocalTeacher(local_model_key(config.teacher), batch_size=config.concurrency)
+        teacher = LocalTeacher(local_model_key(config.teacher), batch_size=client.concurrency)
     else:
-        tokenizer = load_teacher_tokenizer(config.tokenizer) if config.tokenizer else None
+        tokenizer = load_teacher_tokenizer(client.tokenizer) if client.tokenizer else None
         teacher = HttpTeacher(
             split_urls(config.teacher),
-            api=config.api,
-            concurrency=config.concurrency,
-            timeout=config.timeout,
-            health_timeout=health_timeout or config.health_timeout,
+            api=client.api,
+            concurrency=client.concurrency,
+            timeout=client.timeout,
+            health_timeout=health_timeout or client.health_timeout,
             retry=RetryPolicy(
-                max_retries=config.max_retries,
+                max_retries=client.max_retries,
                 base=config.backoff_base,
                 cap=config.backoff_max,
-                max_seconds=config.max_retry_seconds,
+                max_seconds=client.max_retry_seconds,
             ),
             cooldown=Cooldown(seconds=config.replica_cooldown),
-            teacher_name=config.teacher_name,
+            teacher_name=client.teacher_name,
             tokenizer=tokenizer,
             seed=config.seed,
         )

@@ -89,7 +89,7 @@ async def _run_all(
     expect: tuple[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], TeacherRun]:
     prompts = load_prompts(config.instruction_prompt, config.response_prompt, config.prompt_version)
-    teacher = make_teacher(config, health_timeout=min(config.health_timeout, 10.0) if planning else None)
+    teacher = make_teacher(config, health_timeout=min(config.client.health_timeout, 10.0) if planning else None)
     with AnswerStore.open(config.store_dir, durable=config.durable and not planning) as store:
         if config.retry_rejected and not planning:
             dropped = store.forget_rejected()

@@ -4,7 +4,8 @@ Stage tables (in the workdir):
 
 - ``reflections``: one row per source row, the four variants side by side (wide), with each reflected
   variant's status (``ok``, ``fell_back``, ``failed``) and detail (null when ok, else which field fell back
-  and why). Chat rows add ``context``: their earlier turns as JSON text (docs/method.md, section 7).
+  and why). Chat rows add ``context``: their earlier turns, a list of role/content structs like ``messages``,
+  null where a row has none (docs/method.md, section 7).
 - ``scores``: one row per (row id, variant) with the student's losses, IFD and r-IFD.
 - ``subset``: the rows a student's selection kept: the training fields, then provenance.
 
@@ -54,7 +55,7 @@ def arrow_schema(columns: Sequence[str], types: Mapping[str, pa.DataType]) -> pa
 def _schema(columns: Sequence[str]) -> pa.Schema:
     from recycled_datasets.chat import message_type
 
-    return arrow_schema(columns, _types() | {c: message_type() for c in CHAT_COLUMNS})
+    return arrow_schema(columns, _types() | {c: message_type() for c in (*CHAT_COLUMNS, CONTEXT_COLUMN)})
 
 
 def _with_chat(columns: tuple[str, ...]) -> tuple[str, ...]:
@@ -63,7 +64,7 @@ def _with_chat(columns: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def reflections_schema(*, context: bool = False) -> pa.Schema:
-    """The wide reflections table; ``context`` adds the chat rows' earlier turns (JSON text, null if none)."""
+    """The wide reflections table; ``context`` adds the chat rows' earlier turns (null where a row has none)."""
     return _schema((*REFLECTION_COLUMNS, CONTEXT_COLUMN) if context else REFLECTION_COLUMNS)
 
 

@@ -96,6 +96,19 @@ def conforming(
     return table
 
 
+def typed_context(table: pa.Table) -> pa.Table:
+    """``table`` with a ``context`` column of JSON text (as workdirs were written before it was typed) as turns."""
+    import pyarrow as pa
+
+    from recycled_datasets.chat import context_cell, context_of, message_type
+
+    if CONTEXT_COLUMN not in table.column_names or not pa.types.is_string(table.schema.field(CONTEXT_COLUMN).type):
+        return table
+    cells = [context_cell(context_of(cell)) for cell in table.column(CONTEXT_COLUMN).to_pylist()]
+    at = table.column_names.index(CONTEXT_COLUMN)
+    return table.set_column(at, CONTEXT_COLUMN, pa.array(cells, type=message_type()))
+
+
 # ---- reflections --------------------------------------------------------------------------------------------
 def has_reflections(workdir: Workdir | Path) -> bool:
     wd = as_workdir(workdir)
@@ -121,7 +134,7 @@ def read_reflections_table(workdir: Workdir | Path) -> pa.Table:
     """The wide reflections table as arrow (for the release views)."""
     wd = as_workdir(workdir)
     regenerate = wd.command_for(wd.reflections)
-    table = read_table(wd.reflections, regenerate)
+    table = typed_context(read_table(wd.reflections, regenerate))
     schema = reflections_schema(context=True)
     return conforming(table, wd.reflections, schema, regenerate, optional=(CONTEXT_COLUMN,))
 
@@ -189,7 +202,7 @@ def read_subset_table(workdir: Workdir | Path, key: str) -> pa.Table:
     wd = as_workdir(workdir)
     files = wd.student(key)
     regenerate = wd.command(files.subset.name, key)
-    table = read_table(files.subset, regenerate)
+    table = typed_context(read_table(files.subset, regenerate))
     return conforming(table, files.subset, subset_schema(context=True), regenerate, optional=(CONTEXT_COLUMN,))
 
 
