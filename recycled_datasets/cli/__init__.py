@@ -64,7 +64,6 @@ def _logged(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    # One module per command; each imports only typer and the standard library at module level.
     from recycled_datasets.cli import (
         build,
         demo,
@@ -150,15 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         where = f"srecycle {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.parent is not None else "srecycle"
         typer.echo(f"srecycle: error: {exc.format_message()} (see '{where} --help')", err=True)
         raise SystemExit(2) from None
-    except click_exceptions.ClickException as exc:
+    except (click_exceptions.ClickException, RecycledError) as exc:
         if debug:
             raise
-        typer.echo(f"srecycle: error: {_one_line(exc.format_message())}", err=True)
-        raise SystemExit(2) from None
-    except RecycledError as exc:
-        if debug:
-            raise
-        typer.echo(f"srecycle: error: {_one_line(str(exc))}", err=True)
+        message = exc.format_message() if isinstance(exc, click_exceptions.ClickException) else str(exc)
+        typer.echo(f"srecycle: error: {_one_line(message)}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)

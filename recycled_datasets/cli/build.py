@@ -35,7 +35,7 @@ from recycled_datasets.cli.options import (
     Timeout,
     WaitReady,
     Workdir,
-    teacher_client,
+    summary_table,
 )
 from recycled_datasets.cli.reflect import PromptInstruction, PromptResponse, PromptVersion
 from recycled_datasets.progress import console
@@ -71,12 +71,6 @@ TopP = Annotated[
     float | None, typer.Option("--top-p", min=0.0, max=100.0, help="Keep only the top P percent of kept rows by IFD.")
 ]
 SelectStudent = Annotated[str, typer.Option("--student", help="Key of a student already built in the workdir.")]
-
-
-def _selection(keep_unreflected: bool, top_k: int | None, top_p: float | None):  # -> SelectionConfig
-    from recycled_datasets.selection import SelectionConfig
-
-    return SelectionConfig(mode="keep-unreflected" if keep_unreflected else "paper", top_k=top_k, top_p=top_p)
 
 
 def _print_selection(report, workdir: Path, key: str) -> None:
@@ -147,15 +141,15 @@ def build(
     --concurrency, --api, --tokenizer, --teacher-name, --timeout, --wait-ready, --max-retries and
     --max-retry-time set the teacher client as in srecycle reflect.
     """
-    from rich.table import Table
-
     from recycled_datasets.builders import SRecycledConfig, run_student
     from recycled_datasets.models import resolve_student
+    from recycled_datasets.teacher import TeacherClient
     from recycled_datasets.workdir import check_config_name
 
     started = time.monotonic()
     # The same path as the datasets builders: their config, their stage runner (which holds the locks).
     key = check_config_name(name if name is not None else resolve_student(student, students_file=students_file).key)
+    client = TeacherClient(concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time)
     config = SRecycledConfig(
         name=key,
         workdir=workdir,
@@ -179,18 +173,13 @@ def build(
         prompt_instruction=prompt_instruction,
         prompt_response=prompt_response,
         prompt_version=prompt_version,
-        teacher_client=teacher_client(
-            concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time
-        ),
+        teacher_client=client,
     )
     result = run_student(config, release=True)
     if "select" not in result.stats:  # another rank of torchrun: rank 0 reports
         return
-    spec_key = result.student
-    _print_selection(result.report, workdir, spec_key)
-    table = Table(title=f"srecycle build: {spec_key}")
-    table.add_column("stage")
-    table.add_column("result")
+    _print_selection(result.report, workdir, result.student)
+    table = summary_table(f"srecycle build: {result.student}", "stage", "result")
     table.add_row("source rows", f"{result.rows} ({result.skipped_rows} invalid skipped)")
     _teacher_rows(table, result.stats["reflect"])
     reasons = result.stats["reflect"].fallbacks
@@ -215,14 +204,14 @@ def select(
     quiet: Quiet = False,
 ) -> None:
     """Select a student's subset again from its cached scores (no student, no teacher), and refresh DIR/dataset."""
+    from recycled_datasets.errors import InputError
     from recycled_datasets.locking import locked
+    from recycled_datasets.selection import SelectionConfig
     from recycled_datasets.stages import ReleaseStage, SelectStage
     from recycled_datasets.workdir import Workdir as Files
 
-    config = _selection(keep_unreflected, top_k, top_p)
+    config = SelectionConfig(mode="keep-unreflected" if keep_unreflected else "paper", top_k=top_k, top_p=top_p)
     if not Path(workdir).is_dir():
-        from recycled_datasets.errors import InputError
-
         raise InputError("no such workdir (no reflections.parquet): run srecycle build first", path=str(workdir))
     with locked(workdir, what="workdir"):
         files = Files(workdir)
@@ -232,8 +221,18 @@ def select(
     console().print(f"dataset: {dataset}")
 
 
-def _file_option(split: str, what: str) -> Any:
-    return typer.Option(f"--{split.replace('_', '-')}", help=f"{what} (instead of SOURCE; give all four files).")
+_FILES = {  # import-reflections' four files: split -> what it holds
+    "origin": "The source rows the reference reflected",
+    "reflect_instruction": "The instruction reflection: reflect_instruction_postprocess.py's output (or mid file)",
+    "reflect_response": "The response reflection of origin (reflect_response_postprocess.py's mid file)",
+    "reflect_both": "The response reflection of the instruction reflection's rows (its mid file)",
+}
+
+
+def _file_option(split: str) -> Any:
+    return typer.Option(
+        f"--{split.replace('_', '-')}", help=f"{_FILES[split]} (instead of SOURCE; give all four files)."
+    )
 
 
 def import_reflections(
@@ -246,24 +245,10 @@ def import_reflections(
             "split). Or leave it out and give the four files their scripts wrote with the options below."
         ),
     ] = None,
-    origin: Annotated[Path | None, _file_option("origin", "The source rows the reference reflected")] = None,
-    reflect_instruction: Annotated[
-        Path | None,
-        _file_option(
-            "reflect_instruction",
-            "The instruction reflection: reflect_instruction_postprocess.py's output (or mid file)",
-        ),
-    ] = None,
-    reflect_response: Annotated[
-        Path | None,
-        _file_option(
-            "reflect_response", "The response reflection of origin (reflect_response_postprocess.py's mid file)"
-        ),
-    ] = None,
-    reflect_both: Annotated[
-        Path | None,
-        _file_option("reflect_both", "The response reflection of the instruction reflection's rows (its mid file)"),
-    ] = None,
+    origin: Annotated[Path | None, _file_option("origin")] = None,
+    reflect_instruction: Annotated[Path | None, _file_option("reflect_instruction")] = None,
+    reflect_response: Annotated[Path | None, _file_option("reflect_response")] = None,
+    reflect_both: Annotated[Path | None, _file_option("reflect_both")] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Replace the reflections the workdir already holds (its students go stale)."),
@@ -275,23 +260,14 @@ def import_reflections(
     Reads their published sets and the files their reflection scripts write (docs/method.md, section 8). A
     workdir that already holds other reflections is left alone unless --force.
     """
-    from rich.table import Table
-
     from recycled_datasets.locking import locked
     from recycled_datasets.stages.reference import import_reflections as run_import
 
-    named = {
-        "origin": origin,
-        "reflect_instruction": reflect_instruction,
-        "reflect_response": reflect_response,
-        "reflect_both": reflect_both,
-    }
-    files = {split: path for split, path in named.items() if path is not None}
+    named = zip(_FILES, (origin, reflect_instruction, reflect_response, reflect_both), strict=True)
+    files = {split: path for split, path in named if path is not None}
     with locked(workdir, what="workdir"):
         result = run_import(source, workdir, files=files, force=force)
-    table = Table(title="srecycle import-reflections")
-    table.add_column("what")
-    table.add_column("value")
+    table = summary_table("srecycle import-reflections", "what", "value")
     table.add_row("source", result.source)
     table.add_row("rows", str(result.rows))
     for variant, n in result.unchanged.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -151,15 +152,12 @@ def _part_method(
     ids = scores["id"].unique(maintain_order=True).to_list()
     reflections, _ = read_rows(workdir, ids)
     outcomes = [_outcome(scores, row_id, selection) for row_id in ids]
-    reflected, original = _rows_to_show(outcomes, compare, compare_original)
-    if reflected:
-        out.rule("rows where the student took a reflection")
-    for outcome in reflected:
-        _print_variants(out, outcome, reflections)
-    if original:
-        out.rule("rows where the student kept the original")
-    for outcome in original:
-        _print_variants(out, outcome, reflections)
+    shown = _rows_to_show(outcomes, compare, compare_original)
+    for what, rows in zip(("took a reflection", "kept the original"), shown, strict=True):
+        if rows:
+            out.rule(f"rows where the student {what}")
+        for outcome in rows:
+            _print_variants(out, outcome, reflections)
 
     import datasets
 
@@ -171,12 +169,12 @@ def _part_method(
             "says why (rerun with --keep-unreflected to keep ins and ori finals too)"
         )
     datasets.disable_progress_bars()
-    folder = result.dataset
+    folder = str(result.dataset)
     loading = time.monotonic()
-    subset = load_dataset(str(folder), spec.key, split="train")
+    subset = load_dataset(folder, spec.key, split="train")
     load_seconds = time.monotonic() - loading
     out.rule("the subset, as datasets.load_dataset returns it")
-    _print_subset(out, subset, f"load_dataset({str(folder)!r}, {spec.key!r}, split='train')", show)
+    _print_subset(out, subset, f"load_dataset({folder!r}, {spec.key!r}, split='train')", show)
 
     from recycled_datasets.hub.plots import write_selection_figure
 
@@ -199,8 +197,7 @@ def _outcome(scores: pl.DataFrame, row_id: str, config: SelectionConfig) -> RowO
     selected = select_rows(mine, config)
     final = next(v for v, n in selected.report.branches.items() if n)
     by_variant = {r["variant"]: (r["ifd"], r["rifd"]) for r in mine.iter_rows(named=True)}
-    for v in VARIANTS:
-        by_variant.setdefault(v, (None, None))
+    by_variant = {v: by_variant.get(v, (None, None)) for v in VARIANTS}
     return RowOutcome(row_id, final, bool(selected.report.rows_kept), ", ".join(selected.report.drops), by_variant)
 
 
@@ -210,12 +207,8 @@ def _rows_to_show(outcomes: list[RowOutcome], n_reflected: int, n_original: int)
     by_final: dict[str, list[RowOutcome]] = {}
     for o in sorted(outcomes, key=lambda o: not o.kept):  # stable: source order within kept / dropped
         by_final.setdefault(o.final, []).append(o)
-    reflected: list[RowOutcome] = []
-    queues = [list(by_final.get(v, [])) for v in ("both", "res", "ins")]
-    while len(reflected) < n_reflected and any(queues):
-        for queue in queues:
-            if queue and len(reflected) < n_reflected:
-                reflected.append(queue.pop(0))
+    rounds = zip_longest(*(by_final.get(v, []) for v in ("both", "res", "ins")))
+    reflected = [o for one_round in rounds for o in one_round if o is not None][:n_reflected]
     return reflected, by_final.get("ori", [])[:n_original]
 
 
@@ -225,17 +218,13 @@ def _num(x: float | None) -> str:
 
 def _branch(scores: dict[str, tuple[float | None, float | None]], final: str) -> str:
     """The comparisons of the rule (docs/method.md, section 4) that led to ``final``, with their numbers."""
-    ifd = {v: s[0] for v, s in scores.items()}
-    rifd = {v: s[1] for v, s in scores.items()}
-    if final in ("both", "ins"):
-        first = f"IFD(ins) {_num(ifd['ins'])} > IFD(ori) {_num(ifd['ori'])}"
-        sign = "<" if final == "both" else "is not <"
-        second = f"r-IFD(both) {_num(rifd['both'])} {sign} r-IFD(ins) {_num(rifd['ins'])}"
-    else:
-        first = f"IFD(ins) {_num(ifd['ins'])} is not > IFD(ori) {_num(ifd['ori'])}"
-        sign = "<" if final == "res" else "is not <"
-        second = f"r-IFD(res) {_num(rifd['res'])} {sign} r-IFD(ori) {_num(rifd['ori'])}"
-    return f"{first}, {second} -> {final}"
+    took_ins = final in ("both", "ins")
+    first = f"IFD(ins) {_num(scores['ins'][0])} {'>' if took_ins else 'is not >'} IFD(ori) {_num(scores['ori'][0])}"
+    better, other = ("both", "ins") if took_ins else ("res", "ori")
+    sign = "<" if final == better else "is not <"
+    return (
+        f"{first}, r-IFD({better}) {_num(scores[better][1])} {sign} r-IFD({other}) {_num(scores[other][1])} -> {final}"
+    )
 
 
 def _print_variants(out: Any, outcome: RowOutcome, reflections: pl.DataFrame) -> None:
@@ -243,9 +232,8 @@ def _print_variants(out: Any, outcome: RowOutcome, reflections: pl.DataFrame) ->
     from rich.table import Table
 
     row = reflections.filter(pl.col("id") == outcome.id).row(0, named=True)
-    table = Table(
-        title=f"sample row {row['source_index'] + 1} (id {outcome.id})", title_justify="left", show_lines=True
-    )
+    title = f"sample row {row['source_index'] + 1} (id {outcome.id})"
+    table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("")
     for v in VARIANTS:
         table.add_column(f"[bold]{v}[/bold]" + (" (final)" if v == outcome.final else ""), overflow="fold", ratio=1)
@@ -299,6 +287,7 @@ def _part_teacher(out: Any, workdir: Path, spec: StudentSpec, rows: int, max_new
     from recycled_datasets.stages import BuildConfig, build
     from recycled_datasets.stages.reflect import read_rows
     from recycled_datasets.teacher.store import AnswerStore
+    from recycled_datasets.workdir.tables import read_reflections
 
     out.rule(f"[bold]part 2: a tiny model as teacher ({spec.hub_id}, {rows} rows)")
     out.print(
@@ -306,19 +295,10 @@ def _part_teacher(out: Any, workdir: Path, spec: StudentSpec, rows: int, max_new
         "to write usable reflections.\nEvery section it writes goes through the quality gates; a refused one is "
         "retried once, then the variant falls back to the original field.\n"
     )
+    config = BuildConfig(workdir, spec, source="sample", teacher="local", max_new_tokens=max_new_tokens, limit=rows)
     with locked_all((workdir, "workdir"), (workdir / "teacher", "answer store")):
-        result = build(
-            BuildConfig(
-                workdir=workdir,
-                student=spec,
-                source="sample",
-                teacher="local",
-                max_new_tokens=max_new_tokens,
-                limit=rows,
-            ),
-            until="reflect",
-        )
-        reflections, _ = read_rows(workdir, _ids_of(workdir, rows))
+        result = build(config, until="reflect")
+        reflections, _ = read_rows(workdir, read_reflections(workdir)[0]["id"].to_list()[:rows])
         with AnswerStore.open(workdir / "teacher", durable=False) as store:
             answers = list(store.answers())
     _print_teacher_rows(out, reflections, answers)
@@ -339,13 +319,6 @@ def _part_teacher(out: Any, workdir: Path, spec: StudentSpec, rows: int, max_new
     return TeacherPart(result, len(answers))
 
 
-def _ids_of(workdir: Path, rows: int) -> list[str]:
-    from recycled_datasets.workdir.tables import read_reflections
-
-    frame, _ = read_reflections(workdir)
-    return frame["id"].to_list()[:rows]
-
-
 def _print_teacher_rows(out: Any, reflections: pl.DataFrame, answers: list[tuple[dict[str, Any], Any]]) -> None:
     """Per row: each variant's status and the gates that refused it, then the model's raw replies."""
     from rich.table import Table
@@ -353,11 +326,8 @@ def _print_teacher_rows(out: Any, reflections: pl.DataFrame, answers: list[tuple
     from recycled_datasets.teacher.gates import reason_counts
 
     for row in reflections.iter_rows(named=True):
-        table = Table(
-            title=f"sample row {row['source_index'] + 1}: {_excerpt(row['ori_instruction'], 80)}",
-            title_justify="left",
-            show_lines=True,
-        )
+        title = f"sample row {row['source_index'] + 1}: {_excerpt(row['ori_instruction'], 80)}"
+        table = Table(title=title, title_justify="left", show_lines=True)
         table.add_column("variant")
         table.add_column("status")
         table.add_column("what the teacher wrote, or why it was refused", overflow="fold")
@@ -372,12 +342,10 @@ def _print_teacher_rows(out: Any, reflections: pl.DataFrame, answers: list[tuple
                 attempts = detail.find("attempt 1:")  # the gates' verdicts, after the fallback's explanation
                 why = detail[attempts:] if attempts >= 0 else detail
                 table.add_row(v, f"[red]refused ({gates}): original kept", _excerpt(why, 300))
-        replies = _replies_of(row, answers)
-        for kind, attempt, answer in replies:
-            finish = answer.finish_reason or "?"
+        for kind, attempt, answer in _replies_of(row, answers):
             table.add_row(
                 f"[dim]reply: {kind}",
-                f"[dim]{attempt}, {answer.completion_tokens or 0} tokens, stop: {finish}",
+                f"[dim]{attempt}, {answer.completion_tokens or 0} tokens, stop: {answer.finish_reason or '?'}",
                 f"[dim]{_excerpt(answer.text or answer.error, 200)}",
             )
         out.print(table)

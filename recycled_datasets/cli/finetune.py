@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from recycled_datasets.cli.options import Quiet, StudentsFile, Template
+from recycled_datasets.cli.options import Quiet, StudentsFile, Template, summary_table
 from recycled_datasets.finetune import field_default, field_help
 
 if TYPE_CHECKING:
@@ -20,11 +20,16 @@ if TYPE_CHECKING:
     from recycled_datasets.finetune import FinetuneResult
 
 
+def _field(name: str, flag: str | None = None, **limits: Any) -> Any:
+    """The option of :class:`FinetuneConfig` field ``name``: its help, named ``flag`` (default: --NAME)."""
+    return typer.Option(flag or "--" + name.replace("_", "-"), help=field_help(name), **limits)
+
+
 def finetune(
-    dataset: Annotated[str, typer.Option("--dataset", help=field_help("dataset"))],
-    config: Annotated[str, typer.Option("--config", help=field_help("config"))],
-    output: Annotated[Path, typer.Option("--output", help=field_help("output_dir"))],
-    base: Annotated[str | None, typer.Option("--base", help=field_help("base_model"))] = None,
+    dataset: Annotated[str, _field("dataset")],
+    config: Annotated[str, _field("config")],
+    output: Annotated[Path, _field("output_dir", "--output")],
+    base: Annotated[str | None, _field("base_model", "--base")] = None,
     push: Annotated[
         str | None, typer.Option("--push", help="After training, upload the checkpoint to this Hub repo (org/name).")
     ] = None,
@@ -32,42 +37,24 @@ def finetune(
         Path | None,
         typer.Option("--eval", help="A `srecycle judge` output folder: its results go into the model card."),
     ] = None,
-    revision: Annotated[str | None, typer.Option("--revision", help=field_help("dataset_revision"))] = None,
+    revision: Annotated[str | None, _field("dataset_revision", "--revision")] = None,
     template: Template = None,
     students_file: StudentsFile = None,
-    learning_rate: Annotated[
-        float, typer.Option("--learning-rate", min=0.0, help=field_help("learning_rate"))
-    ] = field_default("learning_rate"),
-    epochs: Annotated[float, typer.Option("--epochs", min=0.0, help=field_help("epochs"))] = field_default("epochs"),
-    global_batch_size: Annotated[
-        int, typer.Option("--global-batch-size", min=1, help=field_help("global_batch_size"))
-    ] = field_default("global_batch_size"),
-    per_device_batch_size: Annotated[
-        int, typer.Option("--per-device-batch-size", min=1, help=field_help("per_device_batch_size"))
-    ] = field_default("per_device_batch_size"),
-    max_length: Annotated[int, typer.Option("--max-length", min=8, help=field_help("max_length"))] = field_default(
-        "max_length"
+    learning_rate: Annotated[float, _field("learning_rate", min=0.0)] = field_default("learning_rate"),
+    epochs: Annotated[float, _field("epochs", min=0.0)] = field_default("epochs"),
+    global_batch_size: Annotated[int, _field("global_batch_size", min=1)] = field_default("global_batch_size"),
+    per_device_batch_size: Annotated[int, _field("per_device_batch_size", min=1)] = field_default(
+        "per_device_batch_size"
     ),
-    warmup_ratio: Annotated[
-        float, typer.Option("--warmup-ratio", min=0.0, max=1.0, help=field_help("warmup_ratio"))
-    ] = field_default("warmup_ratio"),
-    weight_decay: Annotated[
-        float, typer.Option("--weight-decay", min=0.0, help=field_help("weight_decay"))
-    ] = field_default("weight_decay"),
-    lr_scheduler: Annotated[str, typer.Option("--lr-scheduler", help=field_help("lr_scheduler_type"))] = field_default(
-        "lr_scheduler_type"
-    ),
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help=field_help("max_steps"))] = None,
-    save_steps: Annotated[int, typer.Option("--save-steps", min=1, help=field_help("save_steps"))] = field_default(
-        "save_steps"
-    ),
-    logging_steps: Annotated[
-        int, typer.Option("--logging-steps", min=1, help=field_help("logging_steps"))
-    ] = field_default("logging_steps"),
-    seed: Annotated[int, typer.Option("--seed", help=field_help("seed"))] = field_default("seed"),
-    gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help=field_help("gradient_checkpointing"))
-    ] = False,
+    max_length: Annotated[int, _field("max_length", min=8)] = field_default("max_length"),
+    warmup_ratio: Annotated[float, _field("warmup_ratio", min=0.0, max=1.0)] = field_default("warmup_ratio"),
+    weight_decay: Annotated[float, _field("weight_decay", min=0.0)] = field_default("weight_decay"),
+    lr_scheduler: Annotated[str, _field("lr_scheduler_type", "--lr-scheduler")] = field_default("lr_scheduler_type"),
+    max_steps: Annotated[int | None, _field("max_steps", min=1)] = None,
+    save_steps: Annotated[int, _field("save_steps", min=1)] = field_default("save_steps"),
+    logging_steps: Annotated[int, _field("logging_steps", min=1)] = field_default("logging_steps"),
+    seed: Annotated[int, _field("seed")] = field_default("seed"),
+    gradient_checkpointing: Annotated[bool, _field("gradient_checkpointing")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a student on its subset (TRL SFT, loss on the response only); reruns resume; --push uploads."""
@@ -108,9 +95,7 @@ def finetune(
 
 
 def _summary(result: FinetuneResult, *, dataset: str, push: str | None) -> Table:
-    from rich.table import Table
-
-    table = Table(title="srecycle finetune", show_header=False)
+    table = summary_table("srecycle finetune")
     table.add_row("student", result.student)
     table.add_row("base model", result.base_model)
     table.add_row("dataset", dataset)

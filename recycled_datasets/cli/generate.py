@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from recycled_datasets.cli.options import Quiet, StudentsFile, Template
+from recycled_datasets.cli.options import Quiet, StudentsFile, Template, summary_table
 
 TestSets = Annotated[
     list[Path],
@@ -64,8 +64,6 @@ def generate(
     quiet: Quiet = False,
 ) -> None:
     """Answer every test question with MODEL (greedy, its own prompt format); a rerun generates only the rest."""
-    from rich.table import Table
-
     from recycled_datasets.evaluation.generate import GenerateConfig, generate_answers
     from recycled_datasets.progress import console
 
@@ -84,7 +82,7 @@ def generate(
         progress=not quiet,
     )
     result = generate_answers(config)
-    table = Table(title="srecycle generate", show_header=False)
+    table = summary_table("srecycle generate")
     table.add_row("model", result.model)
     table.add_row("template", result.template)
     table.add_row("answers", str(result.rows))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from recycled_datasets.cli.options import MaxLength, Quiet, Student, StudentsFile, Template, Workdir
+from recycled_datasets.cli.options import MaxLength, Quiet, Student, StudentsFile, Template, Workdir, summary_table
 from recycled_datasets.progress import console
 
 
@@ -33,8 +33,6 @@ def import_scores(
     """
     from pathlib import Path
 
-    from rich.table import Table
-
     from recycled_datasets.locking import locked
     from recycled_datasets.models import resolve_student
     from recycled_datasets.stages.imported_scores import import_scores as run_import
@@ -42,9 +40,7 @@ def import_scores(
     spec = resolve_student(student, template=template, students_file=students_file)
     with locked(workdir, what="workdir"):
         result = run_import(source, Path(workdir), spec, template=spec.template, max_length=max_length)
-    table = Table(title="srecycle import-scores")
-    table.add_column("what")
-    table.add_column("value")
+    table = summary_table("srecycle import-scores", "what", "value")
     table.add_row("source", result.source)
     table.add_row("student", f"{spec.key} ({spec.template} template, reference scoring)")
     table.add_row("rows / pairs", f"{result.rows} / {result.pairs}")

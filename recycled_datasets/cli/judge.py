@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from recycled_datasets.cli.options import Quiet
+from recycled_datasets.cli.options import MaxRetries, Quiet
 
 if TYPE_CHECKING:
     from recycled_datasets.evaluation.report import Report
@@ -34,9 +34,6 @@ JudgeMaxNewTokens = Annotated[
 ]
 JudgeName = Annotated[
     str | None, typer.Option("--judge-name", help="Model name to store verdicts under, if the server reports none.")
-]
-MaxRetries = Annotated[
-    int, typer.Option("--max-retries", min=0, help="Retries per request (429, 5xx, timeouts, lost connections).")
 ]
 BackoffBase = Annotated[
     float, typer.Option("--backoff-base", min=0.0, help="First retry delay in seconds (doubles per retry, jittered).")

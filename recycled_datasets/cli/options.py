@@ -1,4 +1,4 @@
-"""Options shared by several commands, so every command spells them the same way."""
+"""Options shared by several commands, so every command spells them the same way, and their summary table."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ Template = Annotated[
 ]
 MaxLength = Annotated[int, typer.Option("--max-length", min=8, help="Token limit per scored sequence (BOS included).")]
 Dtype = Annotated[
-    str | None,
-    typer.Option("--dtype", help="bfloat16 (default; losses reduced in fp32) or float32 (exact, slower)."),
+    str | None, typer.Option("--dtype", help="bfloat16 (default; losses reduced in fp32) or float32 (exact, slower).")
 ]
 Scoring = Annotated[
     str | None,
@@ -74,29 +73,22 @@ Gate = Annotated[
 GateOff = Annotated[
     list[str] | None,
     typer.Option(
-        "--gate-off",
-        help="Turn a quality gate off (repeatable): scaffold_leak, echo, degenerate, cut_off or empty.",
+        "--gate-off", help="Turn a quality gate off (repeatable): scaffold_leak, echo, degenerate, cut_off or empty."
     ),
 ]
 
 
-# How the teacher client talks to its servers (``srecycle reflect`` and ``srecycle build``): TeacherClient's fields.
-def teacher_client(
-    concurrency: int | None,
-    api: str,
-    tokenizer: str | None,
-    teacher_name: str | None,
-    timeout: float,
-    wait_ready: float,
-    max_retries: int,
-    max_retry_time: float,
-) -> Any:  # -> TeacherClient (imported when a command runs: --help stays instant)
-    """The options below as one :class:`~recycled_datasets.teacher.config.TeacherClient`, which checks them."""
-    from recycled_datasets.teacher.config import TeacherClient
+def summary_table(title: str, *columns: str) -> Any:  # -> rich.table.Table (imported when a command runs)
+    """A command's summary: a table with these columns, or with none, rows only and no header."""
+    from rich.table import Table
 
-    return TeacherClient(concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time)
+    table = Table(title=title, show_header=bool(columns))
+    for column in columns:
+        table.add_column(column)
+    return table
 
 
+# How the teacher client talks to its servers (srecycle reflect and build): TeacherClient's fields.
 Concurrency = Annotated[
     int | None,
     typer.Option(

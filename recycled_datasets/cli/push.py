@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from recycled_datasets.cli.options import Quiet, Workdir
+from recycled_datasets.errors import ConfigError, InputError
 
 Repo = Annotated[str, typer.Option("--repo", help="Target repo on the Hub, ORG/NAME (created if missing).")]
 Tag = Annotated[str | None, typer.Option("--tag", help="Also tag the new commit (e.g. v1.0) so it can be pinned.")]
@@ -53,69 +54,46 @@ def push(
     quiet: Quiet = False,
 ) -> None:
     """Publish the workdir's per-student subsets and the reflections as one dataset repo, in one commit."""
+    from rich.table import Table
+
+    from recycled_datasets.hub import push_release, write_release_tree
+    from recycled_datasets.hub.publish import check_repo_id, check_tag
     from recycled_datasets.locking import locked
+    from recycled_datasets.progress import console
     from recycled_datasets.safety import check_replaceable
 
-    _start(repo, tag, quiet)
+    check_repo_id(repo)  # before anything is read or contacted
+    check_tag(tag)
     if to_dir is not None:
         check_replaceable(to_dir, force=force)
     if not Path(workdir).is_dir():
-        from recycled_datasets.errors import InputError
-
         raise InputError("no such workdir (no reflections.parquet): run srecycle build first", path=str(workdir))
     # Attaching an evaluation writes into the workdir, so it takes the lock exclusively; a plain push only reads.
     with locked(workdir, what="workdir", shared=not eval_dirs):
         for spec in eval_dirs or ():
             _attach_dataset_evaluation(workdir, spec)
-        _push(repo, workdir, student or None, tag, private, to_dir, force, quiet)
-
-
-def _start(repo: str, tag: str | None, quiet: bool) -> None:
-    """Logging set up, and ``--repo`` / ``--tag`` checked before anything is read or contacted."""
-    from recycled_datasets.hub.publish import check_repo_id, check_tag
-
-    check_repo_id(repo)
-    check_tag(tag)
-
-
-def _push(
-    repo: str,
-    workdir: Path,
-    students: list[str] | None,
-    tag: str | None,
-    private: bool,
-    to_dir: Path | None,
-    force: bool,
-    quiet: bool,
-) -> None:
-    from rich.table import Table
-
-    from recycled_datasets.hub import push_release, write_release_tree
-    from recycled_datasets.progress import console
-
-    table = Table(title=f"srecycle push: {repo}")
-    if to_dir is not None:
-        tree = write_release_tree(workdir, to_dir, students=students, repo_id=repo, force=force)
-        table.add_column("config")
-        table.add_column("rows", justify="right")
-        for name in tree.configs:
-            table.add_row(name + (" (default)" if name == tree.default_config else ""), str(tree.rows[name]))
-        table.caption = f"{len(tree.files)} files written to {tree.root}"
-    else:
-        result = push_release(repo_id=repo, workdir=workdir, students=students, tag=tag, private=private)
-        table.add_column("")
-        table.add_column("")
-        table.add_row("configs on the repo", ", ".join(result.configs))
-        table.add_row("files uploaded / deleted", f"{len(result.added)} / {len(result.deleted)}")
-        table.add_row("commit", result.commit_url or "")
-        if result.tag:
-            table.add_row("tag", result.tag)
-    if not quiet:
-        console().print(table)
+        table = Table(title=f"srecycle push: {repo}")
+        if to_dir is not None:
+            tree = write_release_tree(workdir, to_dir, students=student or None, repo_id=repo, force=force)
+            table.add_column("config")
+            table.add_column("rows", justify="right")
+            for name in tree.configs:
+                table.add_row(name + (" (default)" if name == tree.default_config else ""), str(tree.rows[name]))
+            table.caption = f"{len(tree.files)} files written to {tree.root}"
+        else:
+            result = push_release(repo_id=repo, workdir=workdir, students=student or None, tag=tag, private=private)
+            table.add_column("")
+            table.add_column("")
+            table.add_row("configs on the repo", ", ".join(result.configs))
+            table.add_row("files uploaded / deleted", f"{len(result.added)} / {len(result.deleted)}")
+            table.add_row("commit", result.commit_url or "")
+            if result.tag:
+                table.add_row("tag", result.tag)
+        if not quiet:
+            console().print(table)
 
 
 def _attach_dataset_evaluation(workdir: Path, spec: str) -> None:
-    from recycled_datasets.errors import ConfigError, InputError
     from recycled_datasets.evaluation.card import attach_evaluation
     from recycled_datasets.workdir import Workdir
 
@@ -149,10 +127,12 @@ def push_model(
     from rich.table import Table
 
     from recycled_datasets.hub import push_model as push_checkpoint
+    from recycled_datasets.hub.publish import check_repo_id, check_tag
     from recycled_datasets.progress import console
     from recycled_datasets.safety import check_target
 
-    _start(repo, tag, quiet)
+    check_repo_id(repo)  # before anything is read or contacted
+    check_tag(tag)
     if to_dir is not None:
         check_target(to_dir, "--to-dir")
     result = push_checkpoint(

@@ -22,7 +22,6 @@ from recycled_datasets.cli.options import (
     TeacherTokenizer,
     Timeout,
     WaitReady,
-    teacher_client,
 )
 
 if TYPE_CHECKING:
@@ -89,13 +88,14 @@ def reflect(
     from recycled_datasets.safety import check_distinct
     from recycled_datasets.stages.reflect import reflections_meta
     from recycled_datasets.stages.source import load_source
-    from recycled_datasets.teacher import ReflectConfig, plan_rows, reflect_rows
+    from recycled_datasets.teacher import ReflectConfig, TeacherClient, plan_rows, reflect_rows
     from recycled_datasets.teacher.gates import GateConfig
     from recycled_datasets.workdir.tables import write_reflections_file
 
     if output.suffix.lower() != ".parquet":
         raise ConfigError(f"--output {output} must end in .parquet")
     check_distinct(output, [input])
+    client = TeacherClient(concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time)
     config = ReflectConfig(
         teacher=teacher,
         store_dir=store if store is not None else output.parent / "teacher",
@@ -107,9 +107,7 @@ def reflect(
         response_prompt=prompt_response,
         prompt_version=prompt_version,
         retry_rejected=retry_rejected,
-        client=teacher_client(
-            concurrency, api, tokenizer, teacher_name, timeout, wait_ready, max_retries, max_retry_time
-        ),
+        client=client,
         gates=GateConfig.from_options(gate or (), gate_off or ()),
     )
     source = load_source(input, skip_invalid=skip_invalid, limit=limit)
@@ -123,20 +121,17 @@ def reflect(
     with locked(config.store_dir, what="answer store"):
         result = reflect_rows(source.rows, config)
         frame = with_context(result.table, source.rows[: result.table.height])
-        write_reflections_file(
-            output,
+        meta = reflections_meta(
             frame,
-            reflections_meta(
-                frame,
-                teacher=result.teacher_id,
-                teacher_revision=result.teacher_revision,
-                prompt_version=result.prompt_version,
-                source=source.name,
-                license=source.license,
-                gates=config.gates.as_dict(),
-                max_new_tokens=config.output_budget,
-            ),
+            teacher=result.teacher_id,
+            teacher_revision=result.teacher_revision,
+            prompt_version=result.prompt_version,
+            source=source.name,
+            license=source.license,
+            gates=config.gates.as_dict(),
+            max_new_tokens=config.output_budget,
         )
+        write_reflections_file(output, frame, meta)
     console().print(_result_table(result, output))
 
 
@@ -163,7 +158,6 @@ def _plan_table(plan: ReflectPlan) -> Any:
 
 def _result_table(result: ReflectResult, output: Path) -> Any:
     table = _table("srecycle reflect")
-    sidecar = output.with_suffix(".json")
     stats = result.stats
     status_counts = {v: result.table.get_column(f"{v}_status").value_counts().rows() for v in ("ins", "res", "both")}
     table.add_row("rows", str(stats.rows))
@@ -178,7 +172,7 @@ def _result_table(result: ReflectResult, output: Path) -> Any:
         table.add_row(f"{variant} status", ", ".join(f"{status} {n}" for status, n in sorted(counts)))
     table.add_row("tokens (prompt / output)", f"{stats.prompt_tokens:,} / {stats.completion_tokens:,}")
     table.add_row("time", f"{stats.seconds:.1f} s")
-    table.add_row("written", f"{output} (+ {sidecar.name})")
+    table.add_row("written", f"{output} (+ {output.with_suffix('.json').name})")
     return table
 
 

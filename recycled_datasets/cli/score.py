@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -42,14 +44,12 @@ def score(
     Runs on several devices under `torchrun --nproc-per-node N $(which srecycle) score ...`.
     """
     from recycled_datasets.progress import set_quiet, setup_logging
-    from recycled_datasets.scoring import dist_info
+    from recycled_datasets.scoring import ScoreConfig, dist_info
 
     dist = dist_info()
     if not dist.main:  # under torchrun only the first rank reports
         setup_logging(quiet=True)
         set_quiet(True)
-
-    import time
 
     from recycled_datasets.errors import ConfigError
     from recycled_datasets.locking import locked
@@ -62,21 +62,15 @@ def score(
         raise ConfigError(f"--output {output} is a folder; give the path of the parquet file to write")
     spec = resolve_student(student, template=template, dtype=dtype, students_file=students_file)
     data = read_source(input, skip_invalid=skip_invalid, limit=limit)
-    from recycled_datasets.scoring import ScoreConfig
-
     parts = output.parent / f".{output.name}.parts"
     config = ScoreConfig(max_length=max_length, batch_tokens=batch_tokens, cache_dir=parts, scoring=scoring)
-    if not dist.main:
-        _score(data, spec, output, config, started=time.monotonic())
-        return
-    with locked(output.parent, what="score output", name=f".{output.name}.lock"):
+    # Only the first rank of a torchrun holds the output's lock.
+    with locked(output.parent, what="score output", name=f".{output.name}.lock") if dist.main else nullcontext():
         _score(data, spec, output, config, started=time.monotonic())
 
 
 def _score(data, spec, output: Path, config, *, started: float) -> None:  # noqa: ANN001
     """Score, write OUTPUT atomically, drop the checkpoints, print the summary (rank 0 only)."""
-    import time
-
     from recycled_datasets.records import Pair
     from recycled_datasets.scoring import score_pairs, scoring_of
     from recycled_datasets.workdir.schema import row_scores_schema
@@ -96,15 +90,8 @@ def _score(data, spec, output: Path, config, *, started: float) -> None:  # noqa
     import shutil
 
     shutil.rmtree(config.cache_dir, ignore_errors=True)
-    scoring = scoring_of(config, spec, spec.template, pairs)
-    _summary(
-        frame,
-        output,
-        spec.key,
-        f"{spec.template} template, {scoring} scoring",
-        len(data.invalid),
-        time.monotonic() - started,
-    )
+    label = f"{spec.template} template, {scoring_of(config, spec, spec.template, pairs)} scoring"
+    _summary(frame, output, spec.key, label, len(data.invalid), time.monotonic() - started)
 
 
 def _summary(frame, output: Path, student: str, template: str, skipped: int, seconds: float) -> None:  # noqa: ANN001
@@ -122,12 +109,10 @@ def _summary(frame, output: Path, student: str, template: str, skipped: int, sec
     table.add_row("rows missing a score", str(frame.height - ok.height))
     if skipped:
         table.add_row("invalid rows skipped", str(skipped))
-    for name in ("ifd", "rifd"):
-        values = ok[name]
-        if len(values):
-            q = [values.quantile(p) for p in (0.1, 0.5, 0.9)]
-            table.add_row(f"{name} p10 / p50 / p90", " / ".join(f"{v:.3f}" for v in q))
     if ok.height:
+        for name in ("ifd", "rifd"):
+            q = [ok[name].quantile(p) for p in (0.1, 0.5, 0.9)]
+            table.add_row(f"{name} p10 / p50 / p90", " / ".join(f"{v:.3f}" for v in q))
         table.add_row("ifd < 1", f"{(ok['ifd'] < 1).sum()} of {ok.height}")
     table.add_row("seconds", f"{seconds:.1f}")
     console().print(table)

@@ -50,11 +50,9 @@ def read_results(path: Path) -> dict[str, Any]:
             raise InputError(f"test set {name!r} lacks {', '.join(missing)}", path=str(path))
         for key in (*_SET_KEYS, "pairs"):
             value = stats[key]
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            whole = isinstance(value, int) and not isinstance(value, bool)
             counted = key not in ("win_score", "adjusted_win_rate", "inconsistent")
-            if (counted and not (isinstance(value, int) and not isinstance(value, bool))) or (
-                not counted and value is not None and not number
-            ):
+            if not (whole if counted else value is None or whole or isinstance(value, float)):
                 kind = "a whole number" if counted else "a number or null"
                 raise InputError(
                     f"test set {name!r}: {key} is {value!r}, not {kind} (not written by `srecycle judge`?)",

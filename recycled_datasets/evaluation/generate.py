@@ -33,16 +33,7 @@ from recycled_datasets.workdir.schema import arrow_schema
 logger = logging.getLogger(__name__)
 
 GENERATE_VERSION = "srecycle-generate-v1"
-ANSWER_COLUMNS = (
-    "test_set",
-    "id",
-    "instruction",
-    "output",
-    "model",
-    "template",
-    "n_output_tokens",
-    "finish_reason",
-)
+ANSWER_COLUMNS = ("test_set", "id", "instruction", "output", "model", "template", "n_output_tokens", "finish_reason")
 DEFAULT_MAX_NEW_TOKENS = 1024
 
 
@@ -153,21 +144,11 @@ def checkpoint_template(folder: Path) -> str | None:
 def _rows(questions: list[Question], answers: list[tuple[str, int | None, str | None]], model: str, template: str):
     import pyarrow as pa
 
-    schema = arrow_schema(ANSWER_COLUMNS, {"n_output_tokens": pa.int64()})
     records = [
-        {
-            "test_set": q.test_set,
-            "id": q.id,
-            "instruction": q.instruction,
-            "output": text,
-            "model": model,
-            "template": template,
-            "n_output_tokens": n,
-            "finish_reason": finish,
-        }
+        dict(zip(ANSWER_COLUMNS, (q.test_set, q.id, q.instruction, text, model, template, n, finish), strict=True))
         for q, (text, n, finish) in zip(questions, answers, strict=True)
     ]
-    return pa.Table.from_pylist(records, schema=schema)
+    return pa.Table.from_pylist(records, schema=arrow_schema(ANSWER_COLUMNS, {"n_output_tokens": pa.int64()}))
 
 
 def _label(model: str) -> str:
@@ -230,34 +211,17 @@ class _LocalModel:
     def generate(self, batch: list[list[int]]) -> list[tuple[str, int, str]]:
         import torch
 
-        tokenizer, model = self.tokenizer, self.model
+        from recycled_datasets.teacher.local import generate_batch
+
+        tokenizer = self.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         width = max(len(ids) for ids in batch)
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device)
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=self.config.max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=pad,
-            )
-        configured = getattr(model.generation_config, "eos_token_id", None)
-        eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
-        results = []
-        for row in out[:, width:].tolist():
-            ids, finish = [], "length"
-            for token in row:
-                if token in eos:
-                    finish = "stop"
-                    break
-                ids.append(token)
-            results.append((tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids), finish))
-        return results
+        inputs = {"input_ids": input_ids, "attention_mask": mask}
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        results = generate_batch(self.model, tokenizer, inputs, self.config.max_new_tokens, pad, **greedy)
+        return [(text.strip(), n, finish) for text, n, finish in results]
 
 
 def _generate_local(config: GenerateConfig, questions: list[Question], store: AnswerStore, bar: Any) -> tuple:
@@ -274,14 +238,11 @@ def _generate_local(config: GenerateConfig, questions: list[Question], store: An
             )
     requests = [{"ids": x, "max_new_tokens": config.max_new_tokens} for x in ids]
     keys = [request_key(local.cache_id, GENERATE_VERSION, request) for request in requests]
-    answers: list[tuple[str, int | None, str | None] | None] = [None] * len(questions)
-    todo = []
-    for i, key in enumerate(keys):
-        hit = store.get(key)
-        if hit is not None:
-            answers[i] = (hit.text or "", hit.completion_tokens, hit.finish_reason)
-        else:
-            todo.append(i)
+    hits = [store.get(key) for key in keys]
+    answers: list[tuple[str, int | None, str | None] | None] = [
+        None if hit is None else (hit.text or "", hit.completion_tokens, hit.finish_reason) for hit in hits
+    ]
+    todo = [i for i, hit in enumerate(hits) if hit is None]
     from_store = len(questions) - len(todo)
     task = bar.add_task("answers", total=len(questions), completed=from_store) if bar is not None else None
     todo.sort(key=lambda i: len(ids[i]), reverse=True)  # similar lengths share a batch: little padding
@@ -383,12 +344,7 @@ def generate_answers(config: GenerateConfig) -> GenerateResult:
             "rows": len(questions),
         },
     )
+    seconds = round(time.monotonic() - started, 3)
     return GenerateResult(
-        config.output,
-        len(questions),
-        len(questions) - from_store,
-        from_store,
-        name,
-        template,
-        round(time.monotonic() - started, 3),
+        config.output, len(questions), len(questions) - from_store, from_store, name, template, seconds
     )

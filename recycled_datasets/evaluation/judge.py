@@ -317,11 +317,7 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
         run = TeacherRun(teacher, store, prompts, meter, sampling=teacher_config.sampling)
 
         async def review(pair: Pair, swapped: bool) -> None:
-            result = await _review(run, pair, swapped, stats)
-            if swapped:
-                pair.second = result
-            else:
-                pair.first = result
+            setattr(pair, "second" if swapped else "first", await _review(run, pair, swapped, stats))
 
         async with run.begun():
             await run.each(functools.partial(review, pair, swapped) for pair in pairs for swapped in (False, True))

@@ -198,18 +198,10 @@ def results_table(summary: dict[str, Any]) -> Any:
         table.add_column(name, justify="left" if name == headers[0] else "right")
     rows = [*summary["test_sets"].items(), (POOLED, summary[POOLED])]
     for i, (name, s) in enumerate(rows):
-        table.add_row(
-            name,
-            str(s[WIN]),
-            str(s[TIE]),
-            str(s[LOSS]),
-            str(s[INVALID]),
-            _fmt(s["win_score"]),
-            _fmt(s["adjusted_win_rate"]),
-            _fmt(s["inconsistent"]),
-            f"{_fmt(s['mean_words_a'], 0)}/{_fmt(s['mean_words_b'], 0)}",
-            end_section=i == len(rows) - 2,
-        )
+        counts = [str(s[k]) for k in (WIN, TIE, LOSS, INVALID)]
+        scores = [_fmt(s[k]) for k in ("win_score", "adjusted_win_rate", "inconsistent")]
+        words = f"{_fmt(s['mean_words_a'], 0)}/{_fmt(s['mean_words_b'], 0)}"
+        table.add_row(name, *counts, *scores, words, end_section=i == len(rows) - 2)
     unpaired = summary["unpaired"]
     if unpaired["a"] or unpaired["b"]:
         table.caption += (

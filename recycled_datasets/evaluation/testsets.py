@@ -114,13 +114,9 @@ def read_questions(paths: Sequence[Path], *, limit: int | None = None) -> list[Q
     questions: list[Question] = []
     for file in question_files(paths):
         name = set_name(file)
-        taken = 0
-        for row, record in read_records(file):
-            if limit is not None and taken >= limit:
-                break
+        for row, record in read_records(file)[:limit]:
             ident = next((record[f] for f in ID_FIELDS if record.get(f) is not None), row)
             questions.append(Question(name, str(ident), instruction_of(record, path=file, row=row)))
-            taken += 1
     return questions
 
 
@@ -138,26 +134,14 @@ class Answer:
 def read_answers(path: Path) -> list[Answer]:
     """The answers of a file that ``srecycle generate`` wrote, or any JSON / JSONL / parquet file with
     ``test_set``, ``instruction`` and ``output``."""
+    missing = f"missing column (answer files need {', '.join(ANSWER_COLUMNS)})"
     answers = []
     for row, record in read_records(path):
         for name in ANSWER_COLUMNS:
             if name not in record:
-                raise InputError(
-                    f"missing column (answer files need {', '.join(ANSWER_COLUMNS)})",
-                    path=str(path),
-                    row=row,
-                    field=name,
-                )
+                raise InputError(missing, path=str(path), row=row, field=name)
             if not isinstance(record[name], str):
                 raise InputError("must be text", path=str(path), row=row, field=name)
-        ident, model = record.get("id"), record.get("model")
-        answers.append(
-            Answer(
-                record["test_set"],
-                record["instruction"],
-                record["output"],
-                None if ident is None else str(ident),
-                None if model is None else str(model),
-            )
-        )
+        ident, model = (None if record.get(key) is None else str(record[key]) for key in ("id", "model"))
+        answers.append(Answer(record["test_set"], record["instruction"], record["output"], ident, model))
     return answers

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recycled_datasets.errors import ConfigError, HubError, InputError
+from recycled_datasets.errors import ConfigError, InputError
 from recycled_datasets.hub.cards import MODEL_TEMPLATE, render_card
 from recycled_datasets.hub.publish import PushResult, _endpoint, check_repo_id, ensure_repo, hub_errors, resolve_token
 from recycled_datasets.records import FINETUNE_FILE
@@ -74,8 +73,7 @@ def read_finetune_info(checkpoint_dir: Path) -> FinetuneInfo:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"unreadable JSON ({exc})", path=str(path)) from exc
-    known = set(FinetuneInfo.__dataclass_fields__)
-    return FinetuneInfo(**{k: v for k, v in data.items() if k in known})
+    return FinetuneInfo(**{k: v for k, v in data.items() if k in FinetuneInfo.__dataclass_fields__})
 
 
 def model_card_text(info: FinetuneInfo, evaluation: Any = None) -> str:
@@ -96,7 +94,7 @@ def model_card_text(info: FinetuneInfo, evaluation: Any = None) -> str:
         eval_results=list(evaluation.eval_results) if indexed else None,
         base_model_relation="finetune",
     )
-    columns = _eval_columns(info.eval_results or [])
+    columns = list(dict.fromkeys(k for result in info.eval_results or [] for k in result))
     card = render_card(
         ModelCard,
         card_data,
@@ -113,11 +111,10 @@ def model_card_text(info: FinetuneInfo, evaluation: Any = None) -> str:
 def write_model_card(checkpoint_dir: Path) -> Path:
     """Write ``CHECKPOINT/README.md`` from the checkpoint's fine-tune record; returns its path."""
     from recycled_datasets.evaluation.card import card_evaluation
+    from recycled_datasets.workdir.files import atomic_write_bytes
 
     info = read_finetune_info(Path(checkpoint_dir))
     evaluation = card_evaluation(Path(checkpoint_dir), model_name=f"{info.student}-srecycled")
-    from recycled_datasets.workdir.files import atomic_write_bytes
-
     text = model_card_text(info, evaluation)
     return atomic_write_bytes(Path(checkpoint_dir) / "README.md", text.encode("utf-8"), digest=False)
 
@@ -127,11 +124,9 @@ def checkpoint_files(checkpoint_dir: Path) -> list[str]:
     out = []
     for path in sorted(Path(checkpoint_dir).rglob("*")):
         rel = path.relative_to(checkpoint_dir)
-        if not path.is_file() or any(_SKIP_DIRS.match(p) for p in rel.parts[:-1]) or _SKIP_FILES.match(rel.name):
-            continue
-        if rel.name.startswith("."):
-            continue
-        out.append(rel.as_posix())
+        skipped = any(_SKIP_DIRS.match(p) for p in rel.parts[:-1]) or _SKIP_FILES.match(rel.name)
+        if path.is_file() and not skipped and not rel.name.startswith("."):
+            out.append(rel.as_posix())
     return out
 
 
@@ -170,31 +165,20 @@ def push_model(
 
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    from recycled_datasets.hub.publish import _check_tag_free
+
     token = resolve_token(token)
     api = HfApi(endpoint=_endpoint(endpoint), token=token, library_name="recycled-datasets")
     with hub_errors(repo_id, action="push model to", token=token, endpoint=api.endpoint):
         ensure_repo(api, repo_id, "model", private=private)
-        if tag is not None and any(t.name == tag for t in api.list_repo_refs(repo_id).tags):
-            raise HubError(
-                f"push model to {repo_id}: name conflict: tag '{tag}' already exists; choose a new version tag"
-            )
-        commit = api.create_commit(
-            repo_id,
-            repo_type="model",
-            operations=[CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(checkpoint / rel)) for rel in files],
-            commit_message=f"Upload {checkpoint.name} fine-tuned on {read_finetune_info(checkpoint).dataset}",
-        )
+        _check_tag_free(api, repo_id, "model", tag, action="push model to")
+        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(checkpoint / rel)) for rel in files]
+        message = f"Upload {checkpoint.name} fine-tuned on {read_finetune_info(checkpoint).dataset}"
+        commit = api.create_commit(repo_id, repo_type="model", operations=operations, commit_message=message)
         if tag is not None:
             api.create_tag(repo_id, tag=tag, revision=commit.oid)
     logger.info("pushed %d files to %s at %s", len(files), repo_id, commit.oid)
     return PushResult(repo_id, "model", commit.oid, commit.commit_url, tag, (), tuple(files), ())
-
-
-def _eval_columns(results: list[Mapping[str, Any]]) -> list[str]:
-    columns: list[str] = []
-    for result in results:
-        columns += [k for k in result if k not in columns]
-    return columns
 
 
 def _cell(value: Any) -> str:

@@ -38,20 +38,15 @@ def write_plots(*, scores: Path, subset, report: Mapping[str, Any], dest: Path) 
         raise InputError(f"unreadable scores ({exc})", path=str(scores)) from exc
     variants = table.column("variant").to_pylist()
     dest.mkdir(parents=True, exist_ok=True)
-    out = []
     for metric, title in (("ifd", "IFD"), ("rifd", "r-IFD")):
         values = table.column(metric).to_pylist()
         per_variant = {
             v: [x for x, var in zip(values, variants, strict=True) if var == v and _finite(x)] for v in VARIANTS
         }
-        path = dest / f"{metric}.png"
-        _histograms(per_variant, title, path)
-        out.append(path)
+        _histograms(per_variant, title, dest / f"{metric}.png")
     kept = subset.column("variant").to_pylist()
-    path = dest / "kept.png"
-    _kept(report, {v: kept.count(v) for v in VARIANTS}, path)
-    out.append(path)
-    return out
+    _kept(report, {v: kept.count(v) for v in VARIANTS}, dest / "kept.png")
+    return [dest / f"{name}.png" for name in ("ifd", "rifd", "kept")]
 
 
 def _finite(x: float | None) -> bool:
@@ -80,25 +75,17 @@ def _histograms(per_variant: Mapping[str, list[float]], title: str, path: Path) 
     """Overlaid step histograms on shared bins; the dashed line is the keep threshold (score < 1)."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(7, 4)
-    ax = fig.add_subplot()
+    ax = _figure(7, 4).add_subplot()
     pooled = sorted(x for xs in per_variant.values() for x in xs)
     if pooled:
-        low = pooled[0]
         high = pooled[min(len(pooled) - 1, int(0.99 * len(pooled)))]  # the top 1% would flatten the plot
-        low, high = min(low, 1.0) - 0.05, max(high, 1.0) + 0.05
+        low, high = min(pooled[0], 1.0) - 0.05, max(high, 1.0) + 0.05
         bins = [low + (high - low) * i / 40 for i in range(41)]
         for v in VARIANTS:
             xs = [min(max(x, low), high) for x in per_variant[v]]
             if xs:
-                ax.hist(
-                    xs,
-                    bins=bins,
-                    histtype="step",
-                    linewidth=1.6,
-                    color=_COLORS[v],
-                    label=f"{_LABELS[v]} (n={len(xs)})",
-                )
+                label = f"{_LABELS[v]} (n={len(xs)})"
+                ax.hist(xs, bins=bins, histtype="step", linewidth=1.6, color=_COLORS[v], label=label)
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1, label="keep threshold (< 1)")
         ax.legend(fontsize=8, frameon=False)
     else:
@@ -107,15 +94,14 @@ def _histograms(per_variant: Mapping[str, list[float]], title: str, path: Path) 
     ax.set_ylabel("pairs")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{title} per variant (values beyond the 99th percentile drawn at the edge)", fontsize=10)
-    _save(fig, path)
+    _save(ax.figure, path)
 
 
 def _kept(report: Mapping[str, Any], kept: Mapping[str, int], path: Path) -> None:
     """Per variant: how often it won the selection (branch counts) and how many rows of it were kept."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(7, 4)
-    ax = fig.add_subplot()
+    ax = _figure(7, 4).add_subplot()
     branches = report.get("branches") or {}
     xs = range(len(VARIANTS))
     width = 0.38
@@ -130,7 +116,7 @@ def _kept(report: Mapping[str, Any], kept: Mapping[str, int], path: Path) -> Non
     ax.set_ylabel("rows")
     ax.set_title(f"kept {report.get('rows_kept', sum(kept_n))} of {report.get('rows_in', '?')} rows", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
-    _save(fig, path)
+    _save(ax.figure, path)
 
 
 def write_selection_figure(
@@ -160,14 +146,9 @@ def write_selection_figure(
         for v in order:
             points = [(i, r) for f, i, r, k in rows if f == v and k == kept and _finite(i) and _finite(r)]
             if points:
-                scatter.scatter(
-                    [p[0] for p in points],
-                    [p[1] for p in points],
-                    marker=marker,
-                    color=_COLORS[v],
-                    s=36,
-                    label=f"{label}, final {v} ({len(points)})",
-                )
+                xs, ys = [p[0] for p in points], [p[1] for p in points]
+                name = f"{label}, final {v} ({len(points)})"
+                scatter.scatter(xs, ys, marker=marker, color=_COLORS[v], s=36, label=name)
     scatter.axvline(1.0, color="black", linestyle="--", linewidth=1)
     scatter.axhline(1.0, color="black", linestyle="--", linewidth=1)
     scatter.set_xlabel("IFD of the final variant")

@@ -87,51 +87,37 @@ def _endpoint(endpoint: str | None) -> str | None:
 def hub_errors(repo_id: str, *, action: str, token: str | None = None, endpoint: str | None = None) -> Iterator[None]:
     """Turn the client's HTTP and network failures into one-line HubErrors (the token is masked out)."""
     import httpx2
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import errors as hf
 
-    where = endpoint or "the Hub"
+    prefix, where = f"{action} {repo_id}", endpoint or "the Hub"
     try:
         yield
-    except RevisionNotFoundError as exc:
-        message = f"{action} {repo_id}: revision not found ({_server_message(exc)})"
-        raise HubError(_mask(message, token), status=_status(exc)) from exc
-    except HfHubHTTPError as exc:
-        status = _status(exc)
-        detail = _server_message(exc)
-        if status == 401:
-            message = (
-                f"{action} {repo_id}: not authenticated (HTTP 401): the token is missing, invalid or expired; "
+    except hf.HfHubHTTPError as exc:
+        status, detail = _status(exc), _server_message(exc)
+        if isinstance(exc, hf.RevisionNotFoundError):
+            reason = f"revision not found ({detail})"
+        elif status == 401:
+            reason = (
+                "not authenticated (HTTP 401): the token is missing, invalid or expired; "
                 "set HF_TOKEN or run `hf auth login`"
             )
         elif status == 403:
-            message = (
-                f"{action} {repo_id}: permission denied (HTTP 403): the token has no write access to this repo "
+            reason = (
+                "permission denied (HTTP 403): the token has no write access to this repo "
                 "or organization; use a write token"
             )
-        elif status == 404 or isinstance(exc, RepositoryNotFoundError):
-            message = (
-                f"{action} {repo_id}: repo not found (HTTP {status}): check ORG/NAME and that the token can see it"
-            )
+        elif status == 404 or isinstance(exc, hf.RepositoryNotFoundError):
+            reason = f"repo not found (HTTP {status}): check ORG/NAME and that the token can see it"
         elif status == 409:
-            message = f"{action} {repo_id}: name conflict (HTTP 409): {detail}"
+            reason = f"name conflict (HTTP 409): {detail}"
         elif status == 412:
-            message = f"{action} {repo_id}: the repo changed while this push was being prepared (HTTP 412); rerun it"
+            reason = "the repo changed while this push was being prepared (HTTP 412); rerun it"
         else:
-            message = f"{action} {repo_id}: the Hub answered HTTP {status} ({detail}); nothing was changed, rerun it"
-        raise HubError(_mask(message, token), status=status) from exc
-    except (httpx2.TransportError, OfflineModeIsEnabled, LocalEntryNotFoundError) as exc:
-        raise HubError(
-            _mask(
-                f"{action} {repo_id}: cannot reach {where} ({type(exc).__name__}); check the network or HF_ENDPOINT",
-                token,
-            )
-        ) from exc
+            reason = f"the Hub answered HTTP {status} ({detail}); nothing was changed, rerun it"
+        raise HubError(_mask(f"{prefix}: {reason}", token), status=status) from exc
+    except (httpx2.TransportError, hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as exc:
+        message = f"{prefix}: cannot reach {where} ({type(exc).__name__}); check the network or HF_ENDPOINT"
+        raise HubError(_mask(message, token)) from exc
 
 
 def _status(exc) -> int | None:
@@ -166,26 +152,22 @@ def push_release(
     check_tag(tag)
     read_workdir(Path(workdir), students)  # fail on a bad workdir before any network call
     token = resolve_token(token)
-    endpoint = _endpoint(endpoint)
-    api = HfApi(endpoint=endpoint, token=token, library_name="recycled-datasets")
+    api = HfApi(endpoint=_endpoint(endpoint), token=token, library_name="recycled-datasets")
     repo_type = "dataset"
 
     with tempfile.TemporaryDirectory(prefix="srecycle-push-") as tmp:
         with hub_errors(repo_id, action="push to", token=token, endpoint=api.endpoint):
             info = ensure_repo(api, repo_id, repo_type, private=private)
             remote_files = frozenset(s.rfilename for s in info.siblings or ())
-            if tag is not None:
-                _check_tag_free(api, repo_id, repo_type, tag)
+            _check_tag_free(api, repo_id, repo_type, tag)
             existing = _existing_release(api, repo_id, info.sha, remote_files, Path(tmp) / "remote")
         tree = write_release_tree(
             Path(workdir), Path(tmp) / "tree", students=students, repo_id=repo_id, existing=existing
         )
         owned = tree.owned_prefixes()
         stale = sorted(f for f in remote_files if f.startswith(owned) and f not in tree.files)
-        operations: list[Any] = [
-            CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(tree.root / f)) for f in tree.files
-        ]
-        operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
+        adds = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(tree.root / f)) for f in tree.files]
+        operations: list[Any] = [*adds, *(CommitOperationDelete(path_in_repo=f) for f in stale)]
         message = f"Release {', '.join(tree.pushed)}" + (f" ({tag})" if tag else "")
         with hub_errors(repo_id, action="push to", token=token, endpoint=api.endpoint):
             commit = api.create_commit(
@@ -199,16 +181,7 @@ def push_release(
             if tag is not None:
                 api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type=repo_type, tag_message=message)
     logger.info("pushed %s to %s at %s", ", ".join(tree.pushed), repo_id, commit.oid)
-    return PushResult(
-        repo_id=repo_id,
-        repo_type=repo_type,
-        commit_oid=commit.oid,
-        commit_url=commit.commit_url,
-        tag=tag,
-        configs=tree.configs,
-        added=tree.files,
-        deleted=tuple(stale),
-    )
+    return PushResult(repo_id, repo_type, commit.oid, commit.commit_url, tag, tree.configs, tree.files, tuple(stale))
 
 
 def ensure_repo(api, repo_id: str, repo_type: str, *, private: bool):
@@ -227,21 +200,28 @@ def ensure_repo(api, repo_id: str, repo_type: str, *, private: bool):
         return api.repo_info(repo_id, repo_type=repo_type, revision="main")
 
 
-def _check_tag_free(api, repo_id: str, repo_type: str, tag: str) -> None:
+def _check_tag_free(api, repo_id: str, repo_type: str, tag: str | None, *, action: str = "push to") -> None:
     """Checked before the commit: a taken tag must not leave a new, untagged release behind."""
-    refs = api.list_repo_refs(repo_id, repo_type=repo_type)
-    if any(t.name == tag for t in refs.tags):
-        raise HubError(f"push to {repo_id}: name conflict: tag '{tag}' already exists; choose a new version tag")
+    if tag is not None and any(t.name == tag for t in api.list_repo_refs(repo_id, repo_type=repo_type).tags):
+        raise HubError(f"{action} {repo_id}: name conflict: tag '{tag}' already exists; choose a new version tag")
 
 
 def _existing_release(api, repo_id: str, sha: str, files: frozenset[str], tmp: Path) -> ExistingRelease:
     """The configs already on the repo, with their dataset_info, reports and plots, read from ``sha``."""
     from huggingface_hub import DatasetCard
 
+    def download(path: str) -> str:
+        return api.hf_hub_download(repo_id, path, repo_type="dataset", revision=sha, local_dir=tmp)
+
+    def read_report(path: str) -> dict[str, Any]:
+        return json.loads(Path(download(path)).read_text(encoding="utf-8"))
+
+    def plots(name: str) -> tuple[str, ...]:
+        return tuple(sorted(f for f in files if f.startswith(f"{PLOTS_DIR}/{name}/") and f.endswith(".png")))
+
     if "README.md" not in files:
         return ExistingRelease(files=files)
-    readme = api.hf_hub_download(repo_id, "README.md", repo_type="dataset", revision=sha, local_dir=tmp)
-    data = DatasetCard.load(readme).data.to_dict()
+    data = DatasetCard.load(download("README.md")).data.to_dict()
     infos = {i.get("config_name", "default"): i for i in data.get("dataset_info") or () if isinstance(i, dict)}
     default_first = sorted(data.get("configs") or (), key=lambda c: not c.get("default", False))
     entries = []
@@ -251,14 +231,9 @@ def _existing_release(api, repo_id: str, sha: str, files: frozenset[str], tmp: P
             continue
         info = infos.get(name, {"config_name": name})
         rows = sum(int(s.get("num_examples", 0)) for s in info.get("splits") or ())
-        report = None
-        if name != REFLECTIONS_CONFIG and f"{name}/{REPORT_FILE}" in files:
-            path = api.hf_hub_download(
-                repo_id, f"{name}/{REPORT_FILE}", repo_type="dataset", revision=sha, local_dir=tmp
-            )
-            report = json.loads(Path(path).read_text(encoding="utf-8"))
-        plots = tuple(sorted(f for f in files if f.startswith(f"{PLOTS_DIR}/{name}/") and f.endswith(".png")))
-        entries.append(ConfigEntry(name=name, rows=rows, info=info, report=report, plots=plots))
+        has_report = name != REFLECTIONS_CONFIG and f"{name}/{REPORT_FILE}" in files
+        report = read_report(f"{name}/{REPORT_FILE}") if has_report else None
+        entries.append(ConfigEntry(name=name, rows=rows, info=info, report=report, plots=plots(name)))
     # A student config that kept no row is not in the YAML (it is not loadable) but still has its report on the
     # repo: read it back so that its section stays in the card when another config is pushed.
     listed = {e.name for e in entries}
@@ -266,13 +241,10 @@ def _existing_release(api, repo_id: str, sha: str, files: frozenset[str], tmp: P
         name, _, rest = path.partition("/")
         if rest != REPORT_FILE or name in listed or name == REFLECTIONS_CONFIG:
             continue
-        local = api.hf_hub_download(repo_id, path, repo_type="dataset", revision=sha, local_dir=tmp)
-        report = json.loads(Path(local).read_text(encoding="utf-8"))
+        report = read_report(path)
         if report.get("rows_kept") != 0:
             continue  # a report left outside the card by hand: not a config of this release
-        plots = tuple(sorted(f for f in files if f.startswith(f"{PLOTS_DIR}/{name}/") and f.endswith(".png")))
-        entries.append(ConfigEntry(name=name, rows=0, info={"config_name": name}, report=report, plots=plots))
-        listed.add(name)
+        entries.append(ConfigEntry(name=name, rows=0, info={"config_name": name}, report=report, plots=plots(name)))
     logger.info("repo %s already has configs: %s", repo_id, ", ".join(e.name for e in entries) or "none")
     return ExistingRelease(configs=tuple(entries), files=files)
 

@@ -6,7 +6,7 @@ would pair one text with another text's scores.
 
 from __future__ import annotations
 
-from recycled_datasets.errors import StoreError
+from recycled_datasets.errors import ConfigError, StoreError
 from recycled_datasets.workdir import Workdir
 from recycled_datasets.workdir.files import read_json, recorded_digest
 from recycled_datasets.workdir.pairs import text_digest
@@ -61,7 +61,6 @@ def rebuild_command(workdir: Workdir, key: str) -> str:
             f"srecycle import-scores {'DIR' if local else source} --student {key} --workdir {root}{where}, then "
             f"srecycle select --workdir {root} --student {key}"
         )
-    from recycled_datasets.errors import ConfigError
     from recycled_datasets.models import students_table
 
     model = student.get("model")

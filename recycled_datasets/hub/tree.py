@@ -21,16 +21,21 @@ row order, fixed schema, fixed compression, and no timestamps anywhere.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recycled_datasets.errors import InputError
+from recycled_datasets.locking import process_alive
 from recycled_datasets.records import VARIANTS
 from recycled_datasets.repo_ids import is_repo_id
-from recycled_datasets.safety import check_replaceable, write_manifest
+from recycled_datasets.safety import check_replaceable, read_manifest, write_manifest
 from recycled_datasets.workdir import REFLECTIONS_CONFIG, SCORES_CONFIG, Workdir
 from recycled_datasets.workdir.files import atomic_write_bytes, replace_dir, verify, write_tables
 from recycled_datasets.workdir.schema import (
@@ -53,7 +58,6 @@ logger = logging.getLogger(__name__)
 DATA_FILE = "train-00000-of-00001.parquet"
 REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
-PLOT_NAMES = ("ifd", "rifd", "kept")
 
 
 @dataclass(frozen=True)
@@ -173,21 +177,12 @@ STAGING_MARK = ".srecycle-staging"
 def mark_staging(staging: Path) -> None:
     """Sign a staging folder as this process's, so a later run can tell a leftover of a killed run (SIGKILL,
     power loss: no cleanup ran) from a folder of the user's and from another run's folder still being written."""
-    import json
-    import os
-    import socket
-
     data = {"pid": os.getpid(), "host": socket.gethostname()}
     (staging / STAGING_MARK).write_text(json.dumps(data) + "\n", encoding="utf-8")
 
 
 def _dead_run(folder: Path) -> bool:
     """Whether ``folder`` is a staging folder signed by a process of this host that no longer runs."""
-    import json
-    import socket
-
-    from recycled_datasets.locking import process_alive
-
     try:
         data = json.loads((folder / STAGING_MARK).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -200,10 +195,6 @@ def remove_leftovers(final: Path) -> list[Path]:
     """Remove what killed runs left beside ``final``: staging folders (``.NAME.srecycle-*``) they signed, and
     the previous release they had moved aside (``.NAME.old-*/tree``, a release folder with its manifest).
     Anything else so named is not provably ours and stays."""
-    import shutil
-
-    from recycled_datasets.safety import read_manifest
-
     parent = final.parent
     if not parent.is_dir():
         return []
@@ -232,9 +223,10 @@ def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry
     subset = read_subset_table(work.files, student.key)
     rel = f"{student.key}/{DATA_FILE}"
     (dest / student.key).mkdir(parents=True)
-    rows = nbytes = 0
+    rows, info = 0, {"config_name": student.key}
     if subset.num_rows:
         rows, nbytes = write_tables(chat_subset(subset), release_subset_schema(), dest / rel, digest=False)
+        info = _dataset_info(student.key, release_subset_schema(), rows, dest / rel, nbytes)
     else:
         logger.warning(
             "student %s: no row passed the selection; its config is left out of the release's loadable "
@@ -247,17 +239,8 @@ def _write_student(work: _Workdir, student: _Student, dest: Path) -> ConfigEntry
     folder = dest / PLOTS_DIR / student.key
     plots = write_plots(scores=student.scores, subset=subset, report=student.report, dest=folder)
     logger.info("config %s: %d rows", student.key, rows)
-    return ConfigEntry(
-        name=student.key,
-        rows=rows,
-        info=(
-            _dataset_info(student.key, release_subset_schema(), rows, dest / rel, nbytes)
-            if rows
-            else {"config_name": student.key}
-        ),
-        report=student.report,
-        plots=tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots),
-    )
+    plot_paths = tuple(f"{PLOTS_DIR}/{student.key}/{p.name}" for p in plots)
+    return ConfigEntry(name=student.key, rows=rows, info=info, report=student.report, plots=plot_paths)
 
 
 def _write_tree(
@@ -269,12 +252,10 @@ def _write_tree(
     from recycled_datasets.hub.cards import DATASET_TEMPLATE, render_card
 
     entries = {student.key: _write_student(work, student, dest) for student in work.students}
-    rel = f"{REFLECTIONS_CONFIG}/{DATA_FILE}"
-    schema = reflections_long_schema()
-    rows, nbytes = write_tables(release_reflections(work.files), schema, dest / rel, digest=False)
-    entries[REFLECTIONS_CONFIG] = ConfigEntry(
-        REFLECTIONS_CONFIG, rows, _dataset_info(REFLECTIONS_CONFIG, schema, rows, dest / rel, nbytes)
-    )
+    path, schema = dest / REFLECTIONS_CONFIG / DATA_FILE, reflections_long_schema()
+    rows, nbytes = write_tables(release_reflections(work.files), schema, path, digest=False)
+    info = _dataset_info(REFLECTIONS_CONFIG, schema, rows, path, nbytes)
+    entries[REFLECTIONS_CONFIG] = ConfigEntry(REFLECTIONS_CONFIG, rows, info)
 
     configs = _merge_configs(existing, entries)
     on_repo = {f.split("/")[1] for f in (existing.files if existing else ()) if f.startswith(f"{SCORES_CONFIG}/")}

@@ -115,14 +115,10 @@ class _Part:
 
 
 def _split_files(folder: Path, split: str) -> list[Path]:
-    found = []
-    for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in (".json", ".jsonl", ".parquet"):
-            continue
-        stem = path.name.split(".")[0]
-        if stem == split or stem.startswith(f"{split}-"):
-            found.append(path)
-    return found
+    files = (
+        p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in (".json", ".jsonl", ".parquet")
+    )
+    return [p for p in files if p.name.split(".")[0] == split or p.name.split(".")[0].startswith(f"{split}-")]
 
 
 def _records_of_file(path: Path) -> list[Any]:
@@ -183,8 +179,7 @@ def _hub_splits(source: str) -> dict[str, list[_Part]]:
             f"the split files ({', '.join(REFERENCE_SPLITS)}) or a reachable Hub dataset id",
             path=source,
         ) from e
-    lacking = [s for s in REFERENCE_SPLITS if s not in loaded]
-    if lacking:
+    if any(s not in loaded for s in REFERENCE_SPLITS):
         raise InputError(f"has the splits {sorted(loaded)}, not {list(REFERENCE_SPLITS)}", path=source)
     return {split: [_Part(f"{source} (split {split})", list(loaded[split]))] for split in REFERENCE_SPLITS}
 
@@ -273,15 +268,14 @@ def _read_split(split: str, parts: list[_Part]) -> list[_Row]:
                     row=number,
                 )
             shape = found
+            at = (split, part.where, number)
             key_instruction, key_input, key_output = shape.fields
-            instruction = _text(record, key_instruction, split, part.where, number, empty=False)
-            input = _text(record, key_input, split, part.where, number, empty=True)
-            output = _text(record, key_output, split, part.where, number, empty=key_output == shape.empty_ok)
+            instruction = _text(record, key_instruction, *at, empty=False)
+            input = _text(record, key_input, *at, empty=True)
+            output = _text(record, key_output, *at, empty=key_output == shape.empty_ok)
             reflected = None
             if shape.reflected is not None:
-                old_instruction, old_output = (
-                    _text(record, k, split, part.where, number, empty=False) for k in shape.reflected
-                )
+                old_instruction, old_output = (_text(record, k, *at, empty=False) for k in shape.reflected)
                 reflected = (old_instruction, old_output)
             fell_back = None
             if not output.strip():  # only where the shape allows an empty new answer
@@ -297,10 +291,9 @@ def _check_reflected(split: str, rows: list[_Row], base: list[_Row]) -> None:
         if row.reflected is None:
             continue
         if (row.reflected[0].strip(), row.reflected[1].strip()) != (of.fields[0].strip(), of.fields[2].strip()):
-            base_split = REFLECTS[split]
             raise InputError(
                 f"split {split}: the pair this row reflects (its instruction and output) is not row {i} of "
-                f"{base_split}; the files are not of the same rows in the same order (reflect_both reflects the "
+                f"{REFLECTS[split]}; the files are not of the same rows in the same order (reflect_both reflects the "
                 "instruction reflection's rows, reflect_response the origin's)",
                 path=row.where,
                 row=row.row,
@@ -334,11 +327,7 @@ def _frame(splits: Mapping[str, list[_Row]], source: str) -> tuple[Any, dict[str
 
 
 def import_reflections(
-    source: str | None,
-    workdir: Path,
-    *,
-    files: Mapping[str, Path] | None = None,
-    force: bool = False,
+    source: str | None, workdir: Path, *, files: Mapping[str, Path] | None = None, force: bool = False
 ) -> ImportResult:
     """Read the reference authors' four splits into DIR/reflections.parquet + reflections.json.
 
@@ -385,18 +374,16 @@ def import_reflections(
         license="other",
     )
     files_of = Workdir(workdir)
-    replaced = False
-    if has_reflections(files_of):
-        if not force:
-            old, old_meta = read_reflections(files_of)
-            if old_meta == meta and old.columns == frame.columns and old.rows() == frame.rows():
-                return ImportResult(rows=frame.height, source=source, unchanged=same, already=True)
-            raise ConfigError(
-                f"{workdir} already holds reflections (teacher {old_meta.get('teacher')}, {old.height} rows); "
-                "importing would replace them and leave its students' scores and subsets stale: pass --force to "
-                "replace them, or import into a new --workdir"
-            )
-        replaced = True
+    replaced = has_reflections(files_of)
+    if replaced and not force:
+        old, old_meta = read_reflections(files_of)
+        if old_meta == meta and old.columns == frame.columns and old.rows() == frame.rows():
+            return ImportResult(rows=frame.height, source=source, unchanged=same, already=True)
+        raise ConfigError(
+            f"{workdir} already holds reflections (teacher {old_meta.get('teacher')}, {old.height} rows); "
+            "importing would replace them and leave its students' scores and subsets stale: pass --force to "
+            "replace them, or import into a new --workdir"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     write_reflections(files_of, frame, meta)
     return ImportResult(rows=frame.height, source=source, unchanged=same, replaced=replaced)

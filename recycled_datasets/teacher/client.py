@@ -25,7 +25,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from recycled_datasets.errors import ConfigError, Rejected, TeacherError
@@ -61,16 +60,21 @@ READY_GRACE = 2.0
 __all__ = ["HttpTeacher"]
 
 
-@dataclass
+@dataclasses.dataclass
 class _Endpoint:
     url: str  # without credentials: what is logged, shown and stored
     token: str | None = None
     basic: str | None = None  # ``user:password`` given in the URL, sent as basic authentication
     http: Any = None
     client: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
-    models: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     window: int = 0
+
+
+def _reported_name(info: dict[str, Any], models: list[dict[str, Any]]) -> str | None:
+    name = info.get("model_id") or (models[0].get("id") if models else None)
+    return name if name and isinstance(name, str) else None
 
 
 class HttpTeacher(Teacher):
@@ -128,7 +132,6 @@ class HttpTeacher(Teacher):
         """What keys this teacher's answers in the store: the model, whichever server or protocol serves it."""
         return self.teacher_id
 
-    # ---- a remembered handshake ----------------------------------------------------------------------------
     @property
     def signature(self) -> str:
         """Which servers these are, as the answer store remembers their handshake."""
@@ -168,8 +171,6 @@ class HttpTeacher(Teacher):
                     f"{remembered.get('teacher_id')} at that URL; use another --store or the same model"
                 )
 
-    # ---- start-up ----------------------------------------------------------------------------------------
-
     async def begin(self, store: AnswerStore | None = None, *, generate: bool = True) -> None:
         """Start the servers, unless ``store`` remembers their handshake: then they are contacted only when a
         request must really be sent, so a run whose answers are all stored works with the servers down."""
@@ -191,55 +192,43 @@ class HttpTeacher(Teacher):
 
         On failure the connection pools opened so far are closed before the error propagates.
         """
+        import httpx2
+
         try:
-            await self._start()
+            for ep in self._endpoints:
+                ep.http = _connection_pool(ep.token, ep.basic)
+            aside = await self._wait_ready()
+            self._name_model()
+            # A reply may name the model as asked or as the server reported it; any other name is a switch.
+            self._served = ServedModel([*sorted(self._reported_names() - {self.teacher_id}), self.teacher_id])
+            first = next(ep for i, ep in enumerate(self._endpoints) if i not in aside)
+            self.teacher_revision = str(first.info.get("model_sha") or "")
+            self.limits = self._limits()
+
+            for ep in self._endpoints:
+                announced = ep.info.get("max_concurrent_requests")
+                if isinstance(announced, int) and announced > 0:
+                    ep.window = min(announced, self.concurrency or announced)
+                else:
+                    ep.window = self.concurrency or DEFAULT_CONCURRENCY
+                http, ep.http = ep.http, None
+                await http.aclose()
+                limits = httpx2.Limits(max_connections=ep.window + 2, max_keepalive_connections=ep.window + 2)
+                ep.http = _connection_pool(ep.token, ep.basic, limits=limits)
+                ep.client = _inference_client(ep.url, ep.http, timeout=self.timeout)
+                source = " (from /info)" if isinstance(announced, int) else ""
+                logger.info("teacher %s: model %s, window %d%s", ep.url, self.teacher_id, ep.window, source)
+            self._replicas = Replicas(self.urls, [ep.window for ep in self._endpoints], self.cooldown)
+            for index, reason in aside.items():
+                self._replicas.set_aside(index, reason)
+            self.window = self._replicas.window
         except BaseException:
             await self.close()
             raise
 
-    async def _start(self) -> None:
-        import httpx2
-
-        for ep in self._endpoints:
-            ep.http = _connection_pool(ep.token, ep.basic)
-        aside = await self._wait_ready()
-        self._name_model()
-        reported = {str(n) for n in self._reported_names()}
-        # A reply may name the model as it was asked for or as the server reported it; any other name is a switch.
-        self._served = ServedModel([*sorted(reported - {self.teacher_id}), self.teacher_id])
-        first = next(ep for i, ep in enumerate(self._endpoints) if i not in aside)
-        self.teacher_revision = str(first.info.get("model_sha") or "")
-        self.limits = self._limits()
-
-        for ep in self._endpoints:
-            announced = ep.info.get("max_concurrent_requests")
-            if isinstance(announced, int) and announced > 0:
-                ep.window = min(announced, self.concurrency) if self.concurrency else announced
-            else:
-                ep.window = self.concurrency or DEFAULT_CONCURRENCY
-            # A pool as large as the window, every connection kept alive between requests.
-            await ep.http.aclose()
-            ep.http = None
-            limits = httpx2.Limits(max_connections=ep.window + 2, max_keepalive_connections=ep.window + 2)
-            ep.http = _connection_pool(ep.token, ep.basic, limits=limits)
-            ep.client = _inference_client(ep.url, ep.http, timeout=self.timeout)
-            logger.info(
-                "teacher %s: model %s, window %d%s",
-                ep.url,
-                self.teacher_id,
-                ep.window,
-                " (from /info)" if isinstance(announced, int) else "",
-            )
-        self._replicas = Replicas(self.urls, [ep.window for ep in self._endpoints], self.cooldown)
-        for index, reason in aside.items():
-            self._replicas.set_aside(index, reason)
-        self.window = self._replicas.window
-
     async def _wait_ready(self) -> dict[int, str]:
-        """Wait for the servers' health and read their ``/info`` and ``/v1/models``; the replicas not ready, each
-        with why. Once one is ready the others have ``READY_GRACE`` seconds more; with none ready it waits up to
-        ``health_timeout`` for the first, then fails naming each replica and why. A wrong token or a redirect
-        loop on any of them fails at once."""
+        """Wait for health, read ``/info`` and ``/v1/models``; return the replicas not ready, each with why.
+        Once one is ready the others get ``READY_GRACE`` s more; a wrong token or redirect loop fails at once."""
         single = len(self._endpoints) == 1
         seen: dict[str, str] = {}  # the latest failure of each replica not ready yet
 
@@ -250,9 +239,8 @@ class HttpTeacher(Teacher):
             ep.info, ep.models = await read_info(ep.http, ep.url, timeout=self.timeout)
 
         tasks = {asyncio.ensure_future(ready(ep)): index for index, ep in enumerate(self._endpoints)}
-        pending, up = set(tasks), 0
+        pending, grace_end = set(tasks), 0.0  # grace_end: set once one replica is ready
         loop = asyncio.get_running_loop()
-        grace_end = 0.0
         # Until one is ready: the whole wait (said once, after a moment); then the others' grace.
         timeout: float | None = None if single else READY_GRACE
         try:
@@ -261,11 +249,10 @@ class HttpTeacher(Teacher):
                 for task in done:
                     error = task.exception()
                     if error is None:
-                        up += 1
+                        grace_end = grace_end or loop.time() + READY_GRACE
                     elif single or not isinstance(error, NotReady):
                         raise error
-                if up:
-                    grace_end = grace_end or loop.time() + READY_GRACE
+                if grace_end:
                     timeout = max(0.0, grace_end - loop.time())
                     if not done:
                         break
@@ -286,7 +273,7 @@ class HttpTeacher(Teacher):
             for task, index in tasks.items()
             if task.cancelled() or task.exception() is not None
         }
-        if not up:
+        if not grace_end:
             raise TeacherError(
                 f"no teacher replica is ready after {self.health_timeout:.0f} s: "
                 + "; ".join(f"{self.urls[index]} (last: {why})" for index, why in aside.items())
@@ -294,18 +281,12 @@ class HttpTeacher(Teacher):
             )
         return aside
 
-    @staticmethod
-    def _reported_name(info: dict[str, Any], models: list[dict[str, Any]]) -> str | None:
-        name = info.get("model_id") or (models[0].get("id") if models else None)
-        return name if name and isinstance(name, str) else None
-
     def _reported_names(self) -> set[str]:
-        return {name for ep in self._endpoints if (name := self._reported_name(ep.info, ep.models))}
+        return {name for ep in self._endpoints if (name := _reported_name(ep.info, ep.models))}
 
     async def _check_model(self, ep: _Endpoint) -> None:
-        """Before the probe of a replica set aside (down at the start, or failing since): the model it reports now
-        must be this teacher's, or none of its answers may be taken."""
-        name = self._reported_name(*await read_info(ep.http, ep.url, timeout=self.timeout))
+        """Before probing a replica set aside: the model it reports now must be this teacher's."""
+        name = _reported_name(*await read_info(ep.http, ep.url, timeout=self.timeout))
         if name is not None and self._served is not None and name not in self._served.names:
             raise TeacherError(
                 f"teacher {ep.url} is back but serves {name}, not {self.teacher_id} as the other replicas; "
@@ -329,16 +310,12 @@ class HttpTeacher(Teacher):
 
     def _limits(self) -> ServerLimits:
         def smallest(*names: str) -> int | None:
-            values = []
+            found: list[int] = []
             for ep in self._endpoints:
-                for name in names:
-                    value = ep.info.get(name)
-                    if value is None and ep.models:
-                        value = ep.models[0].get(name)
-                    if isinstance(value, int) and value > 0:
-                        values.append(value)
-                        break
-            return min(values) if values else None
+                model = ep.models[0] if ep.models else {}
+                values = (model.get(name) if ep.info.get(name) is None else ep.info.get(name) for name in names)
+                found += [value for value in values if isinstance(value, int) and value > 0][:1]
+            return min(found, default=None)
 
         return ServerLimits(
             max_input_tokens=smallest("max_input_tokens", "max_input_length"),
@@ -352,8 +329,6 @@ class HttpTeacher(Teacher):
             if ep.http is not None:
                 http, ep.http = ep.http, None
                 await http.aclose()
-
-    # ---- requests ----------------------------------------------------------------------------------------
 
     def _count(self, text: str, system: str = "") -> tuple[int, bool]:
         """(prompt tokens, exact?) of a request: exact with the teacher's tokenizer, else a safe over-estimate."""
@@ -375,8 +350,7 @@ class HttpTeacher(Teacher):
         the teacher's tokenizer; otherwise the server is left to judge).
         """
         n_prompt, exact = self._count(prompt, system)
-        budget = max_new_tokens
-        limits = self.limits
+        budget, limits = max_new_tokens, self.limits
         if exact and limits.max_input_tokens is not None and n_prompt > limits.max_input_tokens:
             raise Rejected(f"the prompt is {n_prompt} tokens; the server accepts at most {limits.max_input_tokens}")
         if limits.max_total_tokens is not None:
@@ -419,9 +393,7 @@ class HttpTeacher(Teacher):
             await self._start_deferred()
         if self._replicas is None:
             raise RuntimeError("HttpTeacher.begin() was not awaited")
-        replicas = self._replicas
-        attempt = 0
-        first = time.monotonic()
+        replicas, attempt, first = self._replicas, 0, time.monotonic()
         while True:
             slot, probe = await replicas.take(first + self.retry.max_seconds)
             endpoint = self._endpoints[slot]
@@ -461,13 +433,8 @@ class HttpTeacher(Teacher):
                 )
             stats.retries += 1
             stats.retry_reasons[failure.kind] += 1
+            attempt, tries = attempt + 1, self.retry.max_retries + 1
             logger.warning(
-                "teacher %s: %s; attempt %d of %d, retrying in %.1f s",
-                endpoint.url,
-                reason,
-                attempt + 1,
-                self.retry.max_retries + 1,
-                wait,
+                "teacher %s: %s; attempt %d of %d, retrying in %.1f s", endpoint.url, reason, attempt, tries, wait
             )
-            attempt += 1
             await asyncio.sleep(wait)

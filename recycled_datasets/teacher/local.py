@@ -11,8 +11,10 @@ same generation settings), runs one left-padded ``generate`` in a worker thread,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,10 +95,8 @@ class LocalTeacher(Teacher):
     async def close(self) -> None:
         if self._batcher is not None:
             self._batcher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._batcher
-            except asyncio.CancelledError:
-                pass
             self._batcher = None
 
     def prepare(
@@ -145,8 +145,7 @@ class LocalTeacher(Teacher):
                 held.append(await self._queue.get())
             while not self._queue.empty():
                 held.append(self._queue.get_nowait())
-            first = held[0].payload
-            settings = _settings(first)
+            settings = _settings(held[0].payload)
             batch = [p for p in held if _settings(p.payload) == settings][: self.batch_size]
             held = [p for p in held if p not in batch]
             try:
@@ -175,24 +174,24 @@ class LocalTeacher(Teacher):
         if temperature > 0:
             torch.manual_seed(seed)
             sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
-        with torch.inference_mode():
-            out = self._model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                **sampling,
-            )
-        new = out[:, batch["input_ids"].shape[1] :]
-        results = []
-        configured = getattr(self._model.generation_config, "eos_token_id", None)
-        eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
-        for row in new.tolist():
-            ids = []
-            finish = "length"
-            for token in row:
-                if token in eos:
-                    finish = "stop"
-                    break
-                ids.append(token)
-            results.append((tokenizer.decode(ids, skip_special_tokens=True), len(ids), finish))
-        return results
+        return generate_batch(self._model, tokenizer, batch, max_new_tokens, tokenizer.pad_token_id, **sampling)
+
+
+def generate_batch(
+    model: Any, tokenizer: Any, inputs: Mapping[str, Any], max_new_tokens: int, pad_token_id: int, **sampling: Any
+) -> list[tuple[str, int, str]]:
+    """Generate after the left-padded ``inputs`` (``input_ids`` and ``attention_mask``): for each row, the new
+    text decoded up to the first end-of-sequence token, its number of tokens, and ``stop`` or ``length``."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, **sampling)
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
+    results = []
+    for row in out[:, inputs["input_ids"].shape[1] :].tolist():
+        end = next((i for i, token in enumerate(row) if token in eos), None)
+        ids = row if end is None else row[:end]
+        finish = "length" if end is None else "stop"
+        results.append((tokenizer.decode(ids, skip_special_tokens=True), len(ids), finish))
+    return results

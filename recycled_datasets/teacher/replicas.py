@@ -102,24 +102,18 @@ class Replicas:
             for index, replica in enumerate(self._replicas):
                 if replica.parked and replica.due(now):
                     replica.parked -= 1
-                    return self._probe(index)
-            try:
-                index = self._slots.get_nowait()
-            except asyncio.QueueEmpty:
-                got = await self._wait(now, deadline)
-                if got is None:
-                    continue
-                index = got
-            replica = self._replicas[index]
+                    replica.probing = True
+                    return index, True
+            slot = await self._wait(now, deadline) if self._slots.empty() else self._slots.get_nowait()
+            if slot is None:
+                continue
+            replica = self._replicas[slot]
             if replica.until is None:
-                return index, False
+                return slot, False
             if replica.due(self.clock()):
-                return self._probe(index)
+                replica.probing = True
+                return slot, True
             replica.parked += 1
-
-    def _probe(self, index: int) -> tuple[int, bool]:
-        self._replicas[index].probing = True
-        return index, True
 
     async def _wait(self, now: float, deadline: float) -> int | None:
         """A token given back, or None once a cool-down ends (the caller looks again)."""

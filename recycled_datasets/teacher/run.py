@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -187,8 +186,7 @@ class TeacherRun:
         # SQLite work runs in the store's own thread: an fsync per answer must not stall the event loop that
         # keeps the other requests of the window moving. It is submitted at once and shielded: a run stopped by
         # another request's error (a model switch, a refused token) still commits every answer it received.
-        job = self._io.submit(functools.partial(call, *args, **kwargs))
-        return await asyncio.shield(asyncio.wrap_future(job))
+        return await asyncio.shield(asyncio.wrap_future(self._io.submit(call, *args, **kwargs)))
 
     async def ask(self, prompt: str, attempt: int, system: str = "") -> tuple[str, str | None]:
         """(reply text, finish reason) of one request (the user turn ``prompt`` after the system message
@@ -217,15 +215,14 @@ class TeacherRun:
         self._inflight[key] = future
         try:
             answer = await self._answer(key, payload, len(system) + len(prompt))
+            future.set_result(answer)
+            return answer
         except BaseException as e:
             if isinstance(e, asyncio.CancelledError):
                 future.cancel()
             else:
                 future.set_exception(e)
             raise
-        else:
-            future.set_result(answer)
-            return answer
         finally:
             del self._inflight[key]
             self.meter.done(self.calls)
@@ -248,16 +245,7 @@ class TeacherRun:
         except Rejected as e:
             await self._store(self.store.put, key, **record, status=ANSWER_REJECTED, error=e.reason)
             raise
-        await self._store(
-            self.store.put,
-            key,
-            **record,
-            status=ANSWER_OK,
-            text=reply.text,
-            finish_reason=reply.finish_reason,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-        )
+        await self._store(self.store.put, key, **record, status=ANSWER_OK, **asdict(reply))
         return reply.text, reply.finish_reason
 
     async def reflect(
@@ -321,9 +309,7 @@ class TeacherRun:
             res_task = group.create_task(response_reflection(row.instruction, row.input, row.output))
         ins, both = first.result()
         record = variant_record(row, ins, res_task.result(), both)
-        for variant in ("ins", "res", "both"):
-            if record[f"{variant}_status"] == STATUS_FELL_BACK:
-                self.stats.fallbacks += 1
-            elif record[f"{variant}_status"] == STATUS_FAILED:
-                self.stats.failures += 1
+        statuses = [record[f"{variant}_status"] for variant in ("ins", "res", "both")]
+        self.stats.fallbacks += statuses.count(STATUS_FELL_BACK)
+        self.stats.failures += statuses.count(STATUS_FAILED)
         return record

@@ -46,15 +46,14 @@ CREATE TABLE IF NOT EXISTS answers (
 );
 """
 
+# The columns of a StoredAnswer, in its order.
+_ANSWER_COLUMNS = "key, status, text, error, finish_reason, prompt_tokens, completion_tokens"
+
 
 def request_key(teacher: str, prompt_version: str, request: dict[str, Any]) -> str:
     """The cache key of one teacher request: stable across runs, processes and machines."""
-    payload = json.dumps(
-        {"teacher": teacher, "prompt_version": prompt_version, "request": request},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    content = {"teacher": teacher, "prompt_version": prompt_version, "request": request}
+    payload = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -131,11 +130,7 @@ class AnswerStore:
         return found if isinstance(found, dict) else None
 
     def get(self, key: str) -> StoredAnswer | None:
-        row = self._db.execute(
-            "SELECT key, status, text, error, finish_reason, prompt_tokens, completion_tokens FROM answers "
-            "WHERE key = ?",
-            (key,),
-        ).fetchone()
+        row = self._db.execute(f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE key = ?", (key,)).fetchone()
         return StoredAnswer(*row) if row else None
 
     def put(
@@ -155,30 +150,16 @@ class AnswerStore:
         """Commit one answer now (its own transaction). A second answer for the same key is ignored."""
         if status not in (ANSWER_OK, ANSWER_REJECTED):
             raise ValueError(f"unknown answer status {status!r}")
+        asked = (key, teacher, prompt_version, json.dumps(request, sort_keys=True, ensure_ascii=False), status)
+        row = (*asked, text, error, finish_reason, prompt_tokens, completion_tokens, time.time())
         try:
-            self._db.execute(
-                "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    teacher,
-                    prompt_version,
-                    json.dumps(request, sort_keys=True, ensure_ascii=False),
-                    status,
-                    text,
-                    error,
-                    finish_reason,
-                    prompt_tokens,
-                    completion_tokens,
-                    time.time(),
-                ),
-            )
+            self._db.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"could not write to the teacher store {self.path}: {e}") from e
 
     def forget_rejected(self) -> int:
         """Drop the recorded refusals so that they are sent again (after a server's limits were raised)."""
-        cursor = self._db.execute("DELETE FROM answers WHERE status = ?", (ANSWER_REJECTED,))
-        return cursor.rowcount
+        return self._db.execute("DELETE FROM answers WHERE status = ?", (ANSWER_REJECTED,)).rowcount
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
@@ -190,11 +171,8 @@ class AnswerStore:
 
     def answers(self) -> Iterator[tuple[dict[str, Any], StoredAnswer]]:
         """Every stored (request, answer), oldest first: what a teacher actually replied, for showing it."""
-        for key, request, *fields in self._db.execute(
-            "SELECT key, request, status, text, error, finish_reason, prompt_tokens, completion_tokens "
-            "FROM answers ORDER BY created"
-        ):
-            yield json.loads(request), StoredAnswer(key, *fields)
+        for request, *fields in self._db.execute(f"SELECT request, {_ANSWER_COLUMNS} FROM answers ORDER BY created"):
+            yield json.loads(request), StoredAnswer(*fields)
 
     def usage(self) -> dict[str, int]:
         """Answers and tokens stored so far, per status."""

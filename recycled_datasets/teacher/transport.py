@@ -35,7 +35,7 @@ import os
 import random
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +82,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         wait = min(self.cap, self.base * 2**attempt) * (0.5 + rng.random() / 2)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.cap))
-        return wait
+        return wait if retry_after is None else max(wait, min(retry_after, self.cap))
 
 
 def is_hf_endpoint(url: str) -> bool:
@@ -101,13 +99,11 @@ def teacher_token(url: str, explicit: str | None = None) -> str | None:
     The user's own servers (vLLM, TGI, llama.cpp on a cluster node) never see the Hugging Face token.
     """
     token = explicit or os.environ.get(TOKEN_ENV)
-    if token:
-        return token
-    if is_hf_endpoint(url):
-        from huggingface_hub import get_token
+    if token or not is_hf_endpoint(url):
+        return token or None
+    from huggingface_hub import get_token
 
-        return get_token()
-    return None
+    return get_token()
 
 
 def _token_hint(url: str) -> str:
@@ -115,12 +111,8 @@ def _token_hint(url: str) -> str:
 
 
 def _connection_pool(token: str | None, basic: str | None = None, **options: Any) -> Any:
-    """An ``httpx2.AsyncClient`` whose requests carry ``token`` as bearer token, else ``basic`` (``user:password``
-    from the URL) as basic authentication, or no Authorization at all.
-
-    The header is set here, for every request, so that neither the Hub client nor anything else can add the
-    user's Hugging Face token to a request for this server. (httpx drops it on a redirect to another host.)
-    """
+    """An ``httpx2.AsyncClient`` that sets each request's Authorization itself (bearer ``token``, else basic
+    ``basic``: ``user:password``), so nothing can add the user's HF token; httpx drops it on a cross-host redirect."""
     import httpx2
 
     def authorize(request: Any) -> Any:
@@ -179,12 +171,8 @@ def _root(url: str) -> str:
 
 
 def _inference_client(url: str, http: Any, *, timeout: float) -> Any:
-    """An ``AsyncInferenceClient`` for ``url`` that sends its requests through our connection pool ``http``.
-
-    The Hub client looks up the user's Hugging Face token (environment, stored login) whenever it is given
-    none, and ``token=False`` is not accepted; so it gets a stand-in it never needs to look beyond, and the
-    pool (:func:`_connection_pool`) puts the right header, or none, on every request.
-    """
+    """An ``AsyncInferenceClient`` for ``url`` sending through our pool ``http``. Given no token the Hub client
+    looks up the user's own (``token=False`` is refused): it gets a stand-in, and the pool sets the header."""
     from huggingface_hub import AsyncInferenceClient
 
     class _Client(AsyncInferenceClient):
@@ -241,15 +229,19 @@ def _check_budget(reply: Reply, payload: dict[str, Any]) -> None:
         )
 
 
-async def _get(http: Any, url: str, timeout: float) -> Any:
-    limit = min(timeout, 30.0)
+async def _within(answer: Awaitable[Any], limit: float, error: Callable[[str], Exception]) -> Any:
+    # One deadline for the whole answer, not per read: a server trickling its body cannot hold the run.
     try:
-        # One deadline for the whole answer, not per read: a server trickling its body cannot hold the run.
-        return await asyncio.wait_for(http.get(url, timeout=limit), limit)
+        return await asyncio.wait_for(answer, limit)
     except TimeoutError as e:
-        import httpx2
+        raise error(f"no answer within {limit:g} s") from e
 
-        raise httpx2.ReadTimeout(f"no answer within {limit:g} s") from e
+
+async def _get(http: Any, url: str, timeout: float) -> Any:
+    import httpx2
+
+    limit = min(timeout, 30.0)
+    return await _within(http.get(url, timeout=limit), limit, httpx2.ReadTimeout)
 
 
 class NotReady(TeacherError):
@@ -271,18 +263,14 @@ async def wait_healthy(
     import httpx2
 
     deadline = time.monotonic() + health_timeout
-    root = _root(url)
-    last = "no answer yet"
-    delay = 0.25
+    root, last, delay = _root(url), "no answer yet", 0.25
     while True:
         try:
             response = await _get(http, f"{root}/health", timeout)
-            if response.status_code == 200:
-                return
             if response.status_code == 404:  # no /health (llama.cpp, some proxies): a model list will do
                 response = await _get(http, f"{root}/v1/models", timeout)
-                if response.status_code == 200:
-                    return
+            if response.status_code == 200:
+                return
             if response.status_code in (401, 403):
                 raise TeacherError(
                     f"teacher {url} refused the token (HTTP {response.status_code}); set "
@@ -367,11 +355,8 @@ class ServedModel:
 
     def __init__(self, names: Sequence[str]):
         self.names = [n for n in names if n]
+        self.asked = self.names[-1] if self.names else ""  # the name sent: new names go in front
         self.answered = False
-
-    @property
-    def asked(self) -> str:
-        return self.names[-1] if self.names else ""
 
     def check(self, named: object) -> None:
         if not isinstance(named, str) or not named or not self.names:
@@ -406,9 +391,8 @@ async def send(client: Any, payload: dict[str, Any], *, model: str, served: Serv
         content, finish = getattr(choices[0].message, "content", None), getattr(choices[0], "finish_reason", None)
         if content is None:
             raise _Malformed("the chat completion has no message content")
-        return _reply(
-            content, finish, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        )
+        tokens = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        return _reply(content, finish, *tokens)
     settings = {name: payload[name] for name in ("max_new_tokens", "do_sample", "temperature", "seed")}
     out = await client.text_generation(payload["inputs"], details=True, return_full_text=False, **settings)
     if getattr(out, "generated_text", None) is None:
@@ -425,10 +409,7 @@ async def send_within(
     """:func:`send` with one deadline for the whole attempt, whatever the server sends and however slowly."""
     from huggingface_hub import InferenceTimeoutError
 
-    try:
-        return await asyncio.wait_for(send(client, payload, model=model, served=served), timeout)
-    except TimeoutError as e:
-        raise InferenceTimeoutError(f"no answer within {timeout:g} s") from e
+    return await _within(send(client, payload, model=model, served=served), timeout, InferenceTimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
