@@ -104,7 +104,7 @@ REFLECTION_COLUMNS: tuple[str, ...] = (
 
 CONTEXT_COLUMN = "context"
 
-# Score table (scoring stage output): one row per scored pair. See scoring/scorer.py for the meaning.
+# Score table (scoring stage output): one row per scored pair. Their meaning: docs/method.md, section 3.
 SCORE_COLUMNS: tuple[str, ...] = (
     "ifd",
     "rifd",

@@ -9,15 +9,15 @@ from huggingface_hub import ModelCard
 from test_hub_model_card import _checkpoint
 
 from recycled_datasets.cli import main
-from recycled_datasets.evaluation.judge import JudgeRun, JudgeStats, Pair, Pairing, Review
+from recycled_datasets.evaluation.judge import JudgeRun, JudgeStats, Matchup, Pairing, Review
 from recycled_datasets.evaluation.report import PLOT_FILE, RESULTS_FILE, write_report
 from recycled_datasets.evaluation.testsets import Answer
 
 
-def _pair(test_set: str, i: int, first: tuple[float, float] | None, second: tuple[float, float] | None) -> Pair:
+def _pair(test_set: str, i: int, first: tuple[float, float] | None, second: tuple[float, float] | None) -> Matchup:
     q = f"{test_set} question {i}"
     a, b = Answer(test_set, q, "answer a"), Answer(test_set, q, "a longer answer b")
-    return Pair(test_set, q, a, b, Review("", first, 1), Review("", second, 1 if second else 2))
+    return Matchup(test_set, q, a, b, Review("", first, 1), Review("", second, 1 if second else 2))
 
 
 @pytest.fixture

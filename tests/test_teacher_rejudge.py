@@ -9,7 +9,7 @@ from teacher_server import Faults, TeacherServer, realistic_reply
 
 from recycled_datasets.records import STATUS_FELL_BACK, STATUS_OK, assign_ids
 from recycled_datasets.stages import ReflectStage
-from recycled_datasets.stages.reflect import read_rows
+from recycled_datasets.stages.reflect import reflected_rows
 from recycled_datasets.teacher.gates import GateConfig
 from recycled_datasets.workdir import Workdir
 from recycled_datasets.workdir.files import digest_path
@@ -38,7 +38,7 @@ def ensure_reflections(rows, *, workdir, teacher, gates=None, **kwargs):
 
 
 def frame_of(workdir):
-    return read_rows(Workdir(workdir), [r.id for r in ROWS])[0]
+    return reflected_rows(Workdir(workdir), [r.id for r in ROWS])[0]
 
 
 def statuses(workdir) -> dict[tuple[str, str], str]:
@@ -61,14 +61,14 @@ def test_a_changed_threshold_rejudges_from_the_store_with_zero_teacher_calls(tmp
 
         # The same gates again: nothing to judge, no call.
         again = ensure_reflections(ROWS, teacher=server.url, **kwargs)
-        assert "rejudged" not in again.detail and again.reused == len(ROWS)
+        assert again.rejudged is None and again.reused == len(ROWS)
         assert server.generation_requests() == calls
 
         # A looser loop threshold: judged again from the stored answers, not one request to the teacher.
         looser = GateConfig(max_repeats=4)
         rejudged = ensure_reflections(ROWS, teacher=server.url, gates=looser, **kwargs)
         assert server.generation_requests() == calls
-        assert rejudged.detail["rejudged"] == len(ROWS) and rejudged.detail["rejudge_calls"].sent == 0
+        assert rejudged.rejudged == len(ROWS) and rejudged.rejudge_calls.sent == 0
         after = statuses(workdir)
         changed = {k for k in before if before[k] != after[k]}
         assert changed == {(haiku, "res")}  # its both reflects the new instruction, which does not loop
@@ -78,7 +78,7 @@ def test_a_changed_threshold_rejudges_from_the_store_with_zero_teacher_calls(tmp
 
         # Without a teacher the old judgement stays (and a warning says how to re-judge).
         kept = ensure_reflections(ROWS, teacher=None, gates=GateConfig(), **kwargs)
-        assert "rejudged" not in kept.detail and statuses(workdir) == after
+        assert kept.rejudged is None and statuses(workdir) == after
 
 
 def test_reflections_made_before_the_gates_are_left_as_they_are(tmp_path):
@@ -97,4 +97,4 @@ def test_reflections_made_before_the_gates_are_left_as_they_are(tmp_path):
         digest_path(meta_path).unlink()  # versions before the gates recorded no digests either
         before = statuses(workdir)
         outcome = ensure_reflections(ROWS, teacher=server.url, gates=GateConfig(max_repeats=4), **kwargs)
-        assert "rejudged" not in outcome.detail and statuses(workdir) == before
+        assert outcome.rejudged is None and statuses(workdir) == before

@@ -84,8 +84,8 @@ def _print_selection(report, workdir: Path, key: str) -> None:
 
 def _teacher_rows(table, stats) -> None:
     """The teacher's part of the build summary, from the reflect stage's stats."""
-    calls, rejudged = stats.detail.get("teacher_calls"), stats.detail.get("rejudge_calls")
-    table.add_row("reflections", f"{stats.made} new by {stats.detail['teacher']}, {stats.reused} reused")
+    calls, rejudged = stats.teacher_calls, stats.rejudge_calls
+    table.add_row("reflections", f"{stats.made} new by {stats.teacher}, {stats.reused} reused")
     if calls is not None:
         table.add_row(
             "teacher calls",
@@ -99,7 +99,7 @@ def _teacher_rows(table, stats) -> None:
     if rejudged is not None:
         table.add_row(
             "re-judged (gates changed)",
-            f"{stats.detail['rejudged']} rows from {rejudged.cached} stored answers, {rejudged.sent} teacher calls",
+            f"{stats.rejudged} rows from {rejudged.cached} stored answers, {rejudged.sent} teacher calls",
         )
 
 
@@ -216,7 +216,7 @@ def select(
     with locked(workdir, what="workdir"):
         files = Files(workdir)
         report = SelectStage(files, student, config).select().report
-        dataset = ReleaseStage(files).run().detail["root"]
+        dataset = ReleaseStage(files).run().root
     _print_selection(report, workdir, student)
     console().print(f"dataset: {dataset}")
 

@@ -129,7 +129,7 @@ def _part_method(
     from recycled_datasets.selection import report_table
     from recycled_datasets.stages import BuildConfig, build
     from recycled_datasets.stages.reference import import_reflections
-    from recycled_datasets.stages.reflect import read_rows
+    from recycled_datasets.stages.reflect import reflected_rows
     from recycled_datasets.workdir.tables import read_scores
 
     out.rule("[bold]part 1: the method, on reference reflections")
@@ -150,7 +150,7 @@ def _part_method(
 
     scores = read_scores(workdir, spec.key)
     ids = scores["id"].unique(maintain_order=True).to_list()
-    reflections, _ = read_rows(workdir, ids)
+    reflections, _ = reflected_rows(workdir, ids)
     outcomes = [_outcome(scores, row_id, selection) for row_id in ids]
     shown = _rows_to_show(outcomes, compare, compare_original)
     for what, rows in zip(("took a reflection", "kept the original"), shown, strict=True):
@@ -285,7 +285,7 @@ class TeacherPart:
 def _part_teacher(out: Any, workdir: Path, spec: StudentSpec, rows: int, max_new_tokens: int) -> TeacherPart:
     from recycled_datasets.locking import locked_all
     from recycled_datasets.stages import BuildConfig, build
-    from recycled_datasets.stages.reflect import read_rows
+    from recycled_datasets.stages.reflect import reflected_rows
     from recycled_datasets.teacher.store import AnswerStore
     from recycled_datasets.workdir.tables import read_reflections
 
@@ -298,12 +298,12 @@ def _part_teacher(out: Any, workdir: Path, spec: StudentSpec, rows: int, max_new
     config = BuildConfig(workdir, spec, source="sample", teacher="local", max_new_tokens=max_new_tokens, limit=rows)
     with locked_all((workdir, "workdir"), (workdir / "teacher", "answer store")):
         result = build(config, until="reflect")
-        reflections, _ = read_rows(workdir, read_reflections(workdir)[0]["id"].to_list()[:rows])
+        reflections, _ = reflected_rows(workdir, read_reflections(workdir)[0]["id"].to_list()[:rows])
         with AnswerStore.open(workdir / "teacher", durable=False) as store:
             answers = list(store.answers())
     _print_teacher_rows(out, reflections, answers)
     stats = result.stats["reflect"]
-    calls = stats.detail.get("teacher_calls")
+    calls = stats.teacher_calls
     if calls is None:
         out.print(
             f"[bold]rerun[/bold]: the reflections of all {stats.reused} rows were already in {workdir}; "
@@ -401,7 +401,7 @@ def _print_summary(out: Any, method: MethodPart, teacher: TeacherPart, total: fl
     summary.add_row("load_dataset", "", f"{method.load_seconds:.1f}")
     summary.add_row("picture", str(method.figure), "")
     reflected = teacher.result.stats["reflect"]
-    calls = reflected.detail.get("teacher_calls")
+    calls = reflected.teacher_calls
     summary.add_row("[bold]part 2: the tiny teacher", "", "")
     text = f"{reflected.made} rows reflected, {reflected.reused} reused; {teacher.stored_answers} stored answers"
     if calls is not None:

@@ -193,7 +193,7 @@ class Review:
 
 
 @dataclass
-class Pair:
+class Matchup:
     """Two answers to one question; ``first`` shows A as assistant 1, ``second`` shows B first."""
 
     test_set: str
@@ -216,7 +216,7 @@ class Pair:
 class Pairing:
     """Answers of A and B matched on (test set, instruction), and those without a partner."""
 
-    pairs: list[Pair]
+    pairs: list[Matchup]
     only_a: list[Answer] = field(default_factory=list)
     only_b: list[Answer] = field(default_factory=list)
 
@@ -241,7 +241,7 @@ def pair_answers(
     for answer in a:
         partners = waiting.get((answer.test_set, answer.instruction))
         if partners:
-            pairs.append(Pair(answer.test_set, answer.instruction, answer, partners.pop(0)))
+            pairs.append(Matchup(answer.test_set, answer.instruction, answer, partners.pop(0)))
         else:
             only_a.append(answer)
     only_b = [x for rest in waiting.values() for x in rest]
@@ -278,12 +278,12 @@ class JudgeStats:
 class JudgeRun:
     """The judged pairs and the judge that judged them."""
 
-    pairs: list[Pair]
+    pairs: list[Matchup]
     judge: str
     stats: JudgeStats
 
 
-async def _review(run: Any, pair: Pair, swapped: bool, stats: JudgeStats) -> Review:
+async def _review(run: Any, pair: Matchup, swapped: bool, stats: JudgeStats) -> Review:
     answers = (pair.b.output, pair.a.output) if swapped else (pair.a.output, pair.b.output)
     prompt = judge_prompt(pair.instruction, *answers)
     text: str | None = None
@@ -302,7 +302,7 @@ async def _review(run: Any, pair: Pair, swapped: bool, stats: JudgeStats) -> Rev
     return Review(text, None, 2, "no two scores on the first line, twice")
 
 
-async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tuple[str, Any]:
+async def _judge_all(pairs: list[Matchup], config: JudgeConfig, meter: Any) -> tuple[str, Any]:
     from recycled_datasets.teacher.config import make_teacher
     from recycled_datasets.teacher.prompts import load_prompts
     from recycled_datasets.teacher.run import TeacherRun
@@ -316,7 +316,7 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
     with AnswerStore.open(teacher_config.store_dir) as store:
         run = TeacherRun(teacher, store, prompts, meter, sampling=teacher_config.sampling)
 
-        async def review(pair: Pair, swapped: bool) -> None:
+        async def review(pair: Matchup, swapped: bool) -> None:
             setattr(pair, "second" if swapped else "first", await _review(run, pair, swapped, stats))
 
         async with run.begun():
@@ -325,7 +325,7 @@ async def _judge_all(pairs: list[Pair], config: JudgeConfig, meter: Any) -> tupl
     return teacher.teacher_id, stats
 
 
-def judge_pairs(pairs: list[Pair], config: JudgeConfig) -> JudgeRun:
+def judge_pairs(pairs: list[Matchup], config: JudgeConfig) -> JudgeRun:
     """Judge every pair in both orders (filling ``pair.first`` and ``pair.second``); see the module doc."""
     from recycled_datasets.progress import progress
     from recycled_datasets.teacher.run import ProgressMeter

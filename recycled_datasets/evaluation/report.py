@@ -18,7 +18,7 @@ from recycled_datasets.evaluation.judge import (
     TIE,
     WIN,
     JudgeRun,
-    Pair,
+    Matchup,
     Pairing,
     adjusted_win_rate,
     preference,
@@ -56,7 +56,7 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def summarize(pairs: Sequence[Pair]) -> dict[str, Any]:
+def summarize(pairs: Sequence[Matchup]) -> dict[str, Any]:
     """Counts, win score, adjusted win rate, order disagreement and mean answer lengths of ``pairs``."""
     counts = {name: 0 for name in OUTCOMES}
     disagree = 0
@@ -101,7 +101,7 @@ def results(pairing: Pairing, run: JudgeRun, *, a: str, b: str) -> dict[str, Any
     }
 
 
-def _pair_row(pair: Pair) -> dict[str, Any]:
+def _pair_row(pair: Matchup) -> dict[str, Any]:
     first, second = pair.first, pair.second
     assert first is not None and second is not None
     errors = [f"{order}: {r.error}" for order, r in (("A first", first), ("B first", second)) if r.error]
@@ -125,7 +125,7 @@ def _pair_row(pair: Pair) -> dict[str, Any]:
     }
 
 
-def write_pairs(pairs: Sequence[Pair], path: Path) -> Path:
+def write_pairs(pairs: Sequence[Matchup], path: Path) -> Path:
     import pyarrow as pa
 
     types = {c: pa.float64() for c in PAIR_COLUMNS if c.startswith("score_")}

@@ -14,9 +14,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from recycled_datasets.workdir import Workdir
+
+if TYPE_CHECKING:
+    from recycled_datasets.selection import SelectionReport
+    from recycled_datasets.teacher import ReflectStats
 
 
 @dataclass
@@ -31,7 +36,8 @@ class StageStats:
         fallbacks: variants that fell back to the original, per reason (teacher stage; 0 elsewhere).
         drops: rows left out, per reason (select stage).
         seconds: wall time of ``run``.
-        detail: the stage's own record (teacher call counts, the selection report, ...), for summaries.
+
+    A stage with more to say returns a subclass with typed fields (:class:`ReflectStageStats`, ...).
     """
 
     stage: str
@@ -41,7 +47,31 @@ class StageStats:
     fallbacks: dict[str, int] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReflectStageStats(StageStats):
+    """The reflect stage's record: the teacher, and its calls where it was asked (``None`` where not)."""
+
+    teacher: str = ""
+    teacher_calls: ReflectStats | None = None  # the rows reflected by this run
+    rejudge_calls: ReflectStats | None = None  # the stored answers judged again because the gates changed
+    rejudged: int | None = None  # rows judged again
+
+
+@dataclass
+class SelectStageStats(StageStats):
+    """The select stage's record: its student's selection report."""
+
+    report: SelectionReport | None = None
+
+
+@dataclass
+class ReleaseStageStats(StageStats):
+    """The release stage's record: the folder written and its loadable configs."""
+
+    root: Path | None = None
+    configs: tuple[str, ...] = ()
 
 
 def digest_of(*parts: Any) -> str:

@@ -17,7 +17,7 @@ from recycled_datasets.errors import ConfigError
 from recycled_datasets.models import StudentSpec
 from recycled_datasets.scoring import ScoreConfig, dist_info
 from recycled_datasets.selection import SelectionConfig, SelectionReport
-from recycled_datasets.stages.base import Stage, StageStats
+from recycled_datasets.stages.base import ReleaseStageStats, SelectStageStats, Stage, StageStats
 from recycled_datasets.stages.reflect import PromptFiles, ReflectStage
 from recycled_datasets.stages.release import ReleaseStage
 from recycled_datasets.stages.score import ScoreStage
@@ -91,10 +91,12 @@ class BuildResult:
     @property
     def report(self) -> SelectionReport:
         """The selection report of this build's student."""
-        return self.stats["select"].detail["report"]
+        stats = self.stats["select"]
+        assert isinstance(stats, SelectStageStats) and stats.report is not None
+        return stats.report
 
 
-def read_rows(config: BuildConfig) -> SourceInfo:
+def source_rows(config: BuildConfig) -> SourceInfo:
     """The build's source rows: from its source, or those of the workdir's reflections."""
     if config.source is not None:
         return load_source(config.source, limit=config.limit, skip_invalid=config.skip_invalid)
@@ -142,7 +144,7 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
         raise ConfigError(f"until must be one of {', '.join(STAGE_NAMES)}, not {until!r}")
     start = time.monotonic()
     Path(config.workdir).mkdir(parents=True, exist_ok=True)
-    info = read_rows(config)
+    info = source_rows(config)
     logger.info("%d source rows from %s", len(info.rows), info.name)
     seconds = {"source": round(time.monotonic() - start, 3)}
     stats: dict[str, StageStats] = {}
@@ -162,5 +164,6 @@ def build(config: BuildConfig, *, until: str | None = None) -> BuildResult:
         seconds[stage.name] = stats[stage.name].seconds
         if stage.name == until or (stage.name == "score" and not dist.main):
             break
-    dataset = stats["release"].detail["root"] if "release" in stats else None
+    release = stats.get("release")
+    dataset = release.root if isinstance(release, ReleaseStageStats) else None
     return BuildResult(Path(config.workdir), config.student.key, rows, skipped, stats, dataset, seconds)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from recycled_datasets.chat import reflection_columns, with_context
 from recycled_datasets.errors import ConfigError
 from recycled_datasets.records import REFLECTION_COLUMNS, VARIANTS, SourceRow
-from recycled_datasets.stages.base import Stage, StageStats, counts
+from recycled_datasets.stages.base import ReflectStageStats, Stage, counts
 from recycled_datasets.stages.source import rows_from_frame
 from recycled_datasets.teacher.gates import GateConfig, reason_counts
 from recycled_datasets.workdir import Workdir
@@ -224,20 +224,20 @@ class ReflectStage(Stage):
         }
         return _frame_of(result, missing), (result.stats, made)
 
-    def _run(self) -> StageStats:
+    def _run(self) -> ReflectStageStats:
         import polars as pl
 
         existing, meta = self._existing
         have = set(existing["id"].to_list()) if existing is not None else set()
         missing = [row for row in self.rows if row.id not in have]
-        detail: dict[str, Any] = {}
+        stats = ReflectStageStats(self.name, reused=len(self.rows) - len(missing), made=len(missing))
         changed = False
         if existing is not None and meta is not None and self._needs_rejudge(meta):
-            existing, detail["rejudge_calls"] = self._rejudge(existing, meta)
-            detail["rejudged"], changed = existing.height, True
+            existing, stats.rejudge_calls = self._rejudge(existing, meta)
+            stats.rejudged, changed = existing.height, True
         pool = existing
         if missing:
-            new, (detail["teacher_calls"], made) = self._reflect_missing(missing, meta)
+            new, (stats.teacher_calls, made) = self._reflect_missing(missing, meta)
             # diagonal: a context column on one side only is null (no earlier turns) on the other
             pool = new if existing is None else pl.concat([existing, new], how="diagonal_relaxed")
             pool = pool.sort("source_index", "id", maintain_order=True).select(reflection_columns(pool.columns))
@@ -257,18 +257,11 @@ class ReflectStage(Stage):
             )
             write_reflections(self.workdir, pool, meta)
         frame = rows_of(pool, [r.id for r in self.rows])
-        detail["teacher"] = meta["teacher"]
-        return StageStats(
-            self.name,
-            rows=frame.height,
-            reused=len(self.rows) - len(missing),
-            made=len(missing),
-            fallbacks=counts(gate_summary(frame)),
-            detail=detail,
-        )
+        stats.teacher, stats.rows, stats.fallbacks = meta["teacher"], frame.height, counts(gate_summary(frame))
+        return stats
 
 
-def read_rows(workdir: Workdir | Path, ids: Sequence[str]) -> tuple[pl.DataFrame, dict[str, Any]]:
+def reflected_rows(workdir: Workdir | Path, ids: Sequence[str]) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The reflections of ``ids`` (in that order) and reflections.json, as the later stages read them."""
     frame, meta = read_reflections(workdir)
     return rows_of(frame, ids), meta

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recycled_datasets.stages.base import Stage, StageStats
+from recycled_datasets.stages.base import ReleaseStageStats, Stage
 from recycled_datasets.workdir import Workdir
 
 
@@ -24,11 +24,11 @@ class ReleaseStage(Stage):
     def done(self) -> bool:
         return False
 
-    def _run(self) -> StageStats:
+    def _run(self) -> ReleaseStageStats:
         from recycled_datasets.hub import write_release_tree
 
         # A student left stale by this build (another student's re-judge changed the reflections) is left out
         # with a warning naming the command that rebuilds it; `srecycle push` refuses it.
         tree = write_release_tree(self.workdir.root, self.workdir.dataset, legacy=True, skip_stale=True)
         rows = sum(tree.rows.values())
-        return StageStats(self.name, rows=rows, made=rows, detail={"root": tree.root, "configs": tree.configs})
+        return ReleaseStageStats(self.name, rows=rows, made=rows, root=tree.root, configs=tree.configs)

@@ -19,7 +19,7 @@ from recycled_datasets.models import StudentSpec
 from recycled_datasets.records import SCORE_COLUMNS, Pair
 from recycled_datasets.scoring import ScoreConfig
 from recycled_datasets.stages.base import Stage, StageStats
-from recycled_datasets.stages.reflect import read_rows
+from recycled_datasets.stages.reflect import reflected_rows
 from recycled_datasets.workdir import Workdir
 from recycled_datasets.workdir.pairs import pairs_digest, pairs_of
 from recycled_datasets.workdir.tables import read_scores_meta, write_scores
@@ -67,7 +67,7 @@ class ScoreStage(Stage):
     @functools.cached_property
     def _inputs(self) -> tuple[list[str], list[str], list[Pair], dict[str, Any]]:
         """The pairs to score and scores.json's record of them (read once: done() and the run share them)."""
-        reflections, _ = read_rows(self.workdir, self.ids)
+        reflections, _ = reflected_rows(self.workdir, self.ids)
         ids, variants, pairs = pairs_of(reflections)
         meta = {
             "student": student_record(self.spec, self.settings, pairs),

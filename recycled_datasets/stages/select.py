@@ -13,8 +13,8 @@ from typing import Any
 from recycled_datasets.errors import StoreError
 from recycled_datasets.records import CONTEXT_COLUMN
 from recycled_datasets.selection import Selection, SelectionConfig, SelectionReport, select_rows, subset_frame
-from recycled_datasets.stages.base import Stage, StageStats, counts, digest_of
-from recycled_datasets.stages.reflect import gate_summary, read_rows
+from recycled_datasets.stages.base import SelectStageStats, Stage, StageStats, counts, digest_of
+from recycled_datasets.stages.reflect import gate_summary, reflected_rows
 from recycled_datasets.workdir import Workdir
 from recycled_datasets.workdir.files import read_json, recorded_digest, write_json
 from recycled_datasets.workdir.pairs import text_digest
@@ -73,7 +73,7 @@ class SelectStage(Stage):
         scores_meta = self._scores_meta()
         scores = read_scores(self.workdir, self.key)
         ids = self.ids if self.ids is not None else scores["id"].unique(maintain_order=True).to_list()
-        reflections, meta = read_rows(self.workdir, ids)
+        reflections, meta = reflected_rows(self.workdir, ids)
         if self.ids is None:  # scores made for other reflections cannot be selected from
             if scores_meta.get("pairs_sha256") != text_digest(reflections):
                 raise StoreError(
@@ -114,12 +114,12 @@ class SelectStage(Stage):
         return stats
 
 
-def _stats(name: str, report: SelectionReport) -> StageStats:
-    return StageStats(
+def _stats(name: str, report: SelectionReport) -> SelectStageStats:
+    return SelectStageStats(
         name,
         rows=report.rows_kept,
         made=report.rows_kept,
         drops=counts(report.drops),
         fallbacks=counts(report.teacher_fallbacks),
-        detail={"report": report},
+        report=report,
     )
