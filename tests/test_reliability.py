@@ -372,7 +372,7 @@ def test_teacher_retries_are_visible_and_bounded(tmp_path: Path, capsys):
     from recycled_datasets.teacher import ReflectConfig
     from recycled_datasets.teacher.transport import RetryPolicy
 
-    assert ReflectConfig().timeout == 300 and RetryPolicy().max_seconds == 1800
+    assert ReflectConfig().client.timeout == 300 and RetryPolicy().max_seconds == 1800
     readme = (ROOT / "README.md").read_text()
     assert "300 s" in readme and "30 minutes" in readme
     rows = tmp_path / "rows.jsonl"
